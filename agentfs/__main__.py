@@ -1,0 +1,5 @@
+"""``python -m agentfs`` runs the CLI."""
+
+from agentfs.cli import main
+
+main()

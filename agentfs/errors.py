@@ -1,0 +1,175 @@
+"""The agentfs error tree: one class per failure, each owning its errno.
+
+Every error agentfs raises on purpose is an :class:`AgentFSError`, which is an
+:class:`OSError` whose ``errno`` is fixed by the class.  The FUSE boundary maps
+any ``AgentFSError`` to its errno in one place; anything else is a bug, is
+logged with its traceback, and is answered ``EIO`` so the mount keeps running.
+The CLI prints ``str(error)`` on one line and exits with :attr:`exit_code`.
+
+Store-level errors (``StoreError`` and subclasses) are raised only by
+``agentfs.store``; the rest of the package never sees an fsspec/botocore error.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+
+__all__ = [
+    "AgentFSError",
+    "AlreadyExists",
+    "BadName",
+    "Busy",
+    "ConflictError",
+    "CorruptRecord",
+    "InvalidArgument",
+    "IsADirectory",
+    "NameTooLong",
+    "NoAttribute",
+    "NotADirectory",
+    "NotEmpty",
+    "NotFound",
+    "NotPermitted",
+    "NotSupported",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "ReadOnly",
+    "Stale",
+    "StoreError",
+    "StoreUnavailable",
+    "TooBig",
+    "WouldBlock",
+]
+
+
+class AgentFSError(OSError):
+    """Base of every deliberate agentfs error.
+
+    Subclasses set ``errno_code`` (the errno the FUSE layer answers),
+    ``log_level`` (how loudly the boundary logs it) and ``exit_code`` (what the
+    CLI exits with).
+    """
+
+    errno_code: int = _errno.EIO
+    log_level: int = logging.DEBUG
+    exit_code: int = 1
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(self.errno_code, message or _errno.errorcode.get(self.errno_code, "error"))
+        self.path = path
+
+    def __str__(self) -> str:
+        msg = self.strerror or ""
+        return f"{msg}: {self.path}" if self.path else msg
+
+
+class NotFound(AgentFSError):
+    errno_code = _errno.ENOENT
+    exit_code = 2
+
+
+class AlreadyExists(AgentFSError):
+    errno_code = _errno.EEXIST
+
+
+class NotADirectory(AgentFSError):
+    errno_code = _errno.ENOTDIR
+
+
+class IsADirectory(AgentFSError):
+    errno_code = _errno.EISDIR
+
+
+class NotEmpty(AgentFSError):
+    errno_code = _errno.ENOTEMPTY
+
+
+class PermissionDenied(AgentFSError):
+    errno_code = _errno.EACCES
+
+
+class NotPermitted(AgentFSError):
+    errno_code = _errno.EPERM
+
+
+class ReadOnly(AgentFSError):
+    """A write to a read-only mount or a checkpoint view."""
+
+    errno_code = _errno.EROFS
+
+
+class WouldBlock(AgentFSError):
+    errno_code = _errno.EWOULDBLOCK
+
+
+class InvalidArgument(AgentFSError):
+    errno_code = _errno.EINVAL
+    log_level = logging.INFO
+    exit_code = 64  # EX_USAGE
+
+
+class BadName(InvalidArgument):
+    """A path component that agentfs cannot store (``/``, NUL, ``.agentfs``...)."""
+
+
+class NameTooLong(AgentFSError):
+    errno_code = _errno.ENAMETOOLONG
+
+
+class NoAttribute(AgentFSError):
+    errno_code = _errno.ENODATA
+
+
+class TooBig(AgentFSError):
+    errno_code = _errno.E2BIG
+
+
+class NotSupported(AgentFSError):
+    errno_code = _errno.EOPNOTSUPP
+
+
+class Busy(AgentFSError):
+    errno_code = _errno.EBUSY
+
+
+class Stale(AgentFSError):
+    """The remote object changed or vanished underneath an open file."""
+
+    errno_code = _errno.ESTALE
+    log_level = logging.WARNING
+
+
+class ConflictError(AgentFSError):
+    """A write lost a race; its bytes were kept as a conflict copy."""
+
+    errno_code = _errno.EIO
+    log_level = logging.WARNING
+
+
+class CorruptRecord(AgentFSError):
+    """A journal record or state file in the store cannot be parsed."""
+
+    errno_code = _errno.EIO
+    log_level = logging.ERROR
+
+
+class StoreError(AgentFSError):
+    """Base of errors raised by an ObjectStore."""
+
+    errno_code = _errno.EIO
+    log_level = logging.WARNING
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write (if_absent / if_match) found another version."""
+
+    errno_code = _errno.EEXIST
+    log_level = logging.DEBUG
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached after retries."""
+
+    errno_code = _errno.EIO
+    log_level = logging.WARNING
+    exit_code = 69  # EX_UNAVAILABLE
