@@ -166,8 +166,17 @@ def mount(mounter: Callable[..., Mount], store_url: str) -> Mount:
 
 
 @pytest.fixture
-def ws(mount: Mount) -> Path:
-    """A freshly created workspace directory inside a live mount."""
-    p = mount.path / "ws"
+def ws(request: pytest.FixtureRequest, tmp_path: Path, store_url: str) -> Path:
+    """A freshly created workspace directory inside a live mount.
+
+    With ``AGENTFS_TEST_TARGET=localdir`` it is a plain local directory instead:
+    a way to check that a POSIX test itself is right (it must pass on ext4/tmpfs).
+    """
+    if os.environ.get("AGENTFS_TEST_TARGET") == "localdir":
+        p = tmp_path / "localws"
+        p.mkdir()
+        return p
+    m: Mount = request.getfixturevalue("mount")
+    p = m.path / "ws"
     p.mkdir()
     return p

@@ -1,0 +1,15 @@
+"""agentfs: the file-state and checkpoint-state layer for AI agents.
+
+Mount a workspace with ``agentfs mount``, or use it from Python without FUSE::
+
+    import agentfs
+    with agentfs.open_workspace("s3://bucket", "research") as ws:
+        ws.write_bytes("report.md", b"# findings\\n")
+"""
+
+from agentfs import errors
+from agentfs.api import FileStat, WorkspaceClient, open_workspace
+from agentfs.workspace import Workspace
+
+__all__ = ["FileStat", "Workspace", "WorkspaceClient", "errors", "open_workspace"]
+__version__ = "0.1.0"

@@ -1,0 +1,386 @@
+"""The Python API: a workspace without FUSE, for sandboxes that cannot mount.
+
+``open_workspace(url, ws)`` returns a :class:`WorkspaceClient` whose methods
+are synchronous and use the same core and journal as a mount, so a mount sees
+their changes (and they see a mount's, each call first catches up with the
+journal).  A trio loop runs in a private thread; calls are thread-safe.
+
+Error contract: methods raise :class:`agentfs.errors.AgentFSError`
+subclasses (``OSError`` with the errno a syscall would give).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentfs.cache import Cache
+from agentfs.errors import AgentFSError, IsADirectory, NotFound
+from agentfs.identity import Caller
+from agentfs.namespace import InodeTable, Node, split
+from agentfs.store import ObjectStore, open_store
+from agentfs.workspace import OpenFile, Workspace
+
+__all__ = ["FileStat", "WorkspaceClient", "open_workspace"]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What :meth:`WorkspaceClient.stat` returns."""
+
+    path: str
+    kind: str  # "file", "dir" or "symlink"
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    etag: str | None
+    sha256: str | None
+    target: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_KINDS = {"f": "file", "d": "dir", "l": "symlink"}
+
+
+class WorkspaceClient:
+    """One workspace of a store, used from ordinary (non-async) Python."""
+
+    def __init__(self, store: ObjectStore, name: str, *, agent: str = "", create: bool = False) -> None:
+        self.store = store
+        self.name = name
+        self.caller = Caller.current(agent)
+        self._tmp = Path(tempfile.mkdtemp(prefix="agentfs-client-"))
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self.ws: Workspace | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main, create), daemon=True,
+                                        name=f"agentfs-{name}")
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self.close()
+            raise self._error
+
+    async def _main(self, create: bool) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        try:
+            self.ws = await Workspace.load_new(
+                self.store, self.name, create=create, table=InodeTable(), cache=Cache(self._tmp),
+                limiter=trio.CapacityLimiter(16), agent=self.caller.agent)
+        except BaseException as e:  # handed to the constructor's thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async def call() -> Any:
+            assert self.ws is not None
+            await self.ws.pull()
+            return await fn(*args)
+
+        try:
+            return trio.from_thread.run(call, trio_token=self._token)
+        except BaseExceptionGroup as eg:
+            e: BaseException = eg
+            while isinstance(e, BaseExceptionGroup):
+                e = e.exceptions[0]
+            raise e from None
+
+    @property
+    def _w(self) -> Workspace:
+        assert self.ws is not None
+        return self.ws
+
+    # -- navigation ---------------------------------------------------------
+
+    def _node(self, path: str) -> Node:
+        return self._w.resolve(path)
+
+    def _parent(self, path: str) -> tuple[Node, str]:
+        parent, name = split(path.strip("/"))
+        return self._w.resolve(parent), name
+
+    def stat(self, path: str) -> FileStat:
+        async def go() -> FileStat:
+            node = self._node(path)
+            a = self._w.attr(node)
+            e = node.entry
+            return FileStat(path.strip("/"), _KINDS[e.kind], a.size, e.mode, e.uid, e.gid, a.mtime_ns,
+                            e.etag, e.sha256, e.target)
+        return self._run(go)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    def listdir(self, path: str = "") -> list[str]:
+        async def go() -> list[str]:
+            return [n for n, _ in self._w.listdir(self._node(path))]
+        return self._run(go)
+
+    def walk(self, path: str = "") -> Iterator[FileStat]:
+        """Every entry below ``path`` (recursive), parents first."""
+        async def go() -> list[FileStat]:
+            top = self._node(path)
+            base = path.strip("/")
+            out = []
+            for p, n in self._w.ns.walk(top, base):
+                a = self._w.attr(n)
+                out.append(FileStat(p, _KINDS[n.entry.kind], a.size, n.entry.mode, n.entry.uid,
+                                    n.entry.gid, a.mtime_ns, n.entry.etag, n.entry.sha256, n.entry.target))
+            return out
+        yield from self._run(go)
+
+    # -- content ----------------------------------------------------------------
+
+    async def _open(self, path: str, *, write: bool, truncate: bool, create: bool) -> OpenFile:
+        parent, name = self._parent(path)
+        try:
+            node = self._w.lookup(parent, name)
+        except NotFound:
+            if not create:
+                raise NotFound(path=path) from None
+            _, of = await self._w.create(parent, name, 0o644, self.caller)
+            return of
+        return await self._w.open(node, write=write, truncate=truncate, append=False, caller=self.caller)
+
+    def read_bytes(self, path: str) -> bytes:
+        async def go() -> bytes:
+            node = self._node(path)
+            if node.is_dir:
+                raise IsADirectory(path=path)
+            return await self._w.read(node, 0, self._w.attr(node).size)
+        return self._run(go)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Create or replace a file; durable in the store on return."""
+        async def go() -> None:
+            of = await self._open(path, write=True, truncate=True, create=True)
+            try:
+                await self._w.write(of, 0, data)
+                await self._w.flush(of, self.caller)
+            finally:
+                await self._w.release(of, self.caller)
+        self._run(go)
+
+    def upload(self, local: str | os.PathLike[str], path: str,
+               progress: Callable[[int], None] | None = None) -> None:
+        """Copy a local file in, streaming in 8 MiB pieces."""
+        with open(local, "rb") as src, self.open(path, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
+    def download(self, path: str, local: str | os.PathLike[str],
+                 progress: Callable[[int], None] | None = None) -> None:
+        with self.open(path, "rb") as src, open(local, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
+    def open(self, path: str, mode: str = "rb") -> io.BufferedIOBase:
+        """A binary file object: modes ``rb``, ``wb``, ``ab``, ``r+b``, ``xb``."""
+        if "b" not in mode:
+            raise ValueError("only binary modes are supported; wrap in io.TextIOWrapper")
+        write = any(c in mode for c in "wax+")
+        if "x" in mode and self.exists(path):
+            from agentfs.errors import AlreadyExists
+            raise AlreadyExists(path=path)
+        of = self._run(lambda: self._open(path, write=write, truncate="w" in mode,
+                                          create=any(c in mode for c in "wax")))
+        raw = _RawFile(self, of, append="a" in mode, writable=write, readable="r" in mode or "+" in mode)
+        if write and ("r" in mode or "+" in mode):
+            return io.BufferedRandom(raw, buffer_size=1 << 20)
+        return io.BufferedWriter(raw, buffer_size=1 << 20) if write else io.BufferedReader(raw, 1 << 20)
+
+    # -- namespace ------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755, *, parents: bool = False) -> None:
+        async def go() -> None:
+            parts = path.strip("/").split("/")
+            node = self._w.ns.root
+            for i, part in enumerate(parts):
+                try:
+                    node = self._w.lookup(node, part)
+                    if i == len(parts) - 1 and not parents:
+                        from agentfs.errors import AlreadyExists
+                        raise AlreadyExists(path=path)
+                except NotFound:
+                    if not parents and i < len(parts) - 1:
+                        raise
+                    node = await self._w.mkdir(node, part, mode, self.caller)
+        self._run(go)
+
+    def remove(self, path: str) -> None:
+        async def go() -> None:
+            parent, name = self._parent(path)
+            await self._w.unlink(parent, name, self.caller)
+        self._run(go)
+
+    def rmdir(self, path: str) -> None:
+        async def go() -> None:
+            parent, name = self._parent(path)
+            await self._w.rmdir(parent, name, self.caller)
+        self._run(go)
+
+    def rmtree(self, path: str) -> None:
+        entries = sorted(self.walk(path), key=lambda s: -s.path.count("/"))
+        for st in entries:
+            (self.rmdir if st.kind == "dir" else self.remove)(st.path)
+        if path.strip("/"):
+            self.rmdir(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        async def go() -> None:
+            sp, sn = self._parent(src)
+            dp, dn = self._parent(dst)
+            await self._w.rename(sp, sn, dp, dn, self.caller)
+        self._run(go)
+
+    def symlink(self, target: str, path: str) -> None:
+        async def go() -> None:
+            parent, name = self._parent(path)
+            await self._w.symlink(parent, name, target, self.caller)
+        self._run(go)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._run(lambda: self._w.setattr(self._node(path), self.caller, mode=mode))
+
+    # -- xattrs -----------------------------------------------------------------------
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        async def go() -> bytes:
+            return self._w.getxattr(self._node(path), name)
+        return self._run(go)
+
+    def listxattr(self, path: str) -> list[str]:
+        async def go() -> list[str]:
+            return self._w.listxattr(self._node(path))
+        return self._run(go)
+
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        self._run(lambda: self._w.setxattr(self._node(path), name, value, self.caller))
+
+    def removexattr(self, path: str, name: str) -> None:
+        self._run(lambda: self._w.removexattr(self._node(path), name, self.caller))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._stop is not None and self._token is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(timeout=30)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> WorkspaceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _RawFile(io.RawIOBase):
+    def __init__(self, client: WorkspaceClient, of: OpenFile, *, append: bool, writable: bool,
+                 readable: bool) -> None:
+        self._c = client
+        self._of = of
+        self._pos = of.size if append else 0
+        self._append = append
+        self._writable = writable
+        self._readable = readable
+
+    def readable(self) -> bool:
+        return self._readable or not self._writable
+
+    def writable(self) -> bool:
+        return self._writable
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self._pos
+        elif whence == 2:
+            pos += self._c._run(self._size)
+        self._pos = pos
+        return pos
+
+    async def _size(self) -> int:
+        return self._c._w.attr(self._of.node).size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        async def go() -> bytes:
+            return await self._c._w.read(self._of, self._pos, len(b))
+        data = self._c._run(go)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+
+        async def go() -> int:
+            if self._append:
+                self._pos = self._of.size
+            return await self._c._w.write(self._of, self._pos, data)
+        n = self._c._run(go)
+        self._pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self._c._run(lambda: self._c._w.truncate(self._of, size))
+        return size
+
+    def flush(self) -> None:
+        if not self.closed and self._writable:
+            self._c._run(lambda: self._c._w.flush(self._of, self._c.caller))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # calls flush
+        finally:
+            self._c._run(lambda: self._c._w.release(self._of, self._c.caller))
+
+
+def open_workspace(url: str, workspace: str, *, agent: str = "", create: bool = True,
+                   endpoint_url: str | None = None) -> WorkspaceClient:
+    """Open (by default creating) workspace ``workspace`` of the store at ``url``."""
+    store = open_store(url, endpoint_url=endpoint_url)
+    try:
+        return WorkspaceClient(store, workspace, agent=agent, create=create)
+    except AgentFSError:
+        store.close()
+        raise

@@ -1,0 +1,191 @@
+"""The on-disk cache of one mount: clean block files and dirty working copies.
+
+Local disk is only a cache (the store is the truth): everything here may be
+deleted between runs.  Layout under the cache directory::
+
+    blocks/<sha1(key, etag)>   sparse copy of one object version, filled block by block
+    dirty/<n>                  working copy of a file being written
+
+Clean block files are evicted least-recently-used when their total exceeds
+``max_bytes``; a block file in use by a reader is never evicted.
+
+Concurrency: called only from the filesystem's trio thread; block fetches are
+deduplicated (one in flight per block), the store I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+__all__ = ["BLOCK_SIZE", "BlockFile", "Cache"]
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 1 << 20
+#: Blocks fetched ahead of a sequential reader.
+READAHEAD_BLOCKS = 8
+
+
+class BlockFile:
+    """A sparse local copy of one object version, with the set of blocks present."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.present: set[int] = set()
+        self.inflight: dict[int, trio.Event] = {}
+        self.users = 0
+        self.last_end = -1
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, size)
+
+    @property
+    def nblocks(self) -> int:
+        return (self.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+    @property
+    def complete(self) -> bool:
+        return len(self.present) >= self.nblocks
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+
+
+class Cache:
+    """Clean block files (LRU by bytes) and dirty working copies."""
+
+    def __init__(self, root: Path, max_bytes: int = 2 << 30) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        shutil.rmtree(root / "blocks", ignore_errors=True)
+        shutil.rmtree(root / "dirty", ignore_errors=True)
+        (root / "blocks").mkdir(parents=True, exist_ok=True)
+        (root / "dirty").mkdir(parents=True, exist_ok=True)
+        self._files: OrderedDict[str, BlockFile] = OrderedDict()
+        self._bytes = 0
+        self._counter = itertools.count()
+
+    @staticmethod
+    def _name(key: str, etag: str) -> str:
+        return hashlib.sha1(f"{key}\0{etag}".encode()).hexdigest()
+
+    def blockfile(self, key: str, etag: str, size: int) -> BlockFile:
+        name = self._name(key, etag)
+        bf = self._files.get(name)
+        if bf is None or bf.size != size:
+            if bf is not None:
+                self._evict_one(name)
+            bf = BlockFile(self.root / "blocks" / name, size)
+            self._files[name] = bf
+        self._files.move_to_end(name)
+        return bf
+
+    async def read(self, bf: BlockFile, off: int, size: int, fetch: Fetch) -> bytes:
+        """Bytes ``[off, off+size)`` of the object, fetching missing blocks.
+
+        ``fetch(start, end)`` gets a byte range from the store.  A sequential
+        reader gets :data:`READAHEAD_BLOCKS` blocks fetched ahead in parallel.
+        """
+        end = min(off + size, bf.size)
+        if off >= end:
+            return b""
+        first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        want = list(range(first, last + 1))
+        if off == bf.last_end or off == 0:
+            want += range(last + 1, min(last + 1 + READAHEAD_BLOCKS, bf.nblocks))
+        bf.last_end = end
+        bf.users += 1
+        try:
+            await self._ensure(bf, want, fetch, needed=set(range(first, last + 1)))
+            return os.pread(bf.fd, end - off, off)
+        finally:
+            bf.users -= 1
+
+    async def fill(self, bf: BlockFile, fetch: Fetch) -> None:
+        """Fetch every missing block (before a file is modified)."""
+        bf.users += 1
+        try:
+            all_blocks = list(range(bf.nblocks))
+            await self._ensure(bf, all_blocks, fetch, needed=set(all_blocks))
+        finally:
+            bf.users -= 1
+
+    async def _ensure(self, bf: BlockFile, blocks: list[int], fetch: Fetch, needed: set[int]) -> None:
+        # Readahead blocks are fetched in the same parallel batch: on a
+        # sequential stream the next reads then hit the local copy.
+        missing = [b for b in blocks if b not in bf.present]
+        if missing:
+            async with trio.open_nursery() as nursery:
+                for b in missing:
+                    nursery.start_soon(self._fetch_block, bf, b, fetch)
+        if any(b not in bf.present for b in needed):
+            raise OSError(5, "block fetch failed")
+
+    async def _fetch_block(self, bf: BlockFile, b: int, fetch: Fetch) -> None:
+        if b in bf.present or b in bf.inflight:
+            ev = bf.inflight.get(b)
+            if ev is not None:
+                await ev.wait()
+            return
+        ev = bf.inflight[b] = trio.Event()
+        try:
+            start = b * BLOCK_SIZE
+            data = await fetch(start, min(start + BLOCK_SIZE, bf.size))
+            if bf.fd >= 0:
+                os.pwrite(bf.fd, data, start)
+                bf.present.add(b)
+                self._bytes += len(data)
+        finally:
+            del bf.inflight[b]
+            ev.set()
+        self._maybe_evict()
+
+    def take(self, bf: BlockFile) -> Path:
+        """Remove a complete block file from the clean cache and hand its path
+        over as a dirty working copy (O(1), no copy)."""
+        name = bf.path.name
+        self._files.pop(name, None)
+        self._bytes -= len(bf.present) * BLOCK_SIZE
+        bf.close()
+        dst = self.new_dirty_path()
+        os.rename(bf.path, dst)
+        return dst
+
+    def new_dirty_path(self) -> Path:
+        return self.root / "dirty" / str(next(self._counter))
+
+    def _evict_one(self, name: str) -> None:
+        bf = self._files.pop(name)
+        self._bytes -= min(len(bf.present) * BLOCK_SIZE, self._bytes)
+        bf.close()
+        try:
+            os.unlink(bf.path)
+        except FileNotFoundError:
+            pass
+
+    def _maybe_evict(self) -> None:
+        if self._bytes <= self.max_bytes:
+            return
+        for name in list(self._files):
+            if self._bytes <= self.max_bytes:
+                break
+            if self._files[name].users == 0 and not self._files[name].inflight:
+                self._evict_one(name)
+
+    def close(self) -> None:
+        for name in list(self._files):
+            self._evict_one(name)

@@ -1,0 +1,403 @@
+"""The ``agentfs`` command.
+
+Every command has ``--help``; every listing has ``--json``.  Errors print one
+line (``agentfs: <message>``) and exit with the error's documented code:
+1 generic, 2 not found, 64 bad usage/argument, 69 store unavailable,
+70 unexpected internal error; ``check`` exits 1 when it finds inconsistencies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentfs.config import MountConfig, default_store_path, default_store_url
+from agentfs.errors import AgentFSError, InvalidArgument, NotFound
+
+__all__ = ["app", "main"]
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="agentfs: file-state and checkpoint-state for AI agents, over object storage.",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL; TARGET is then ws/path inside it")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _client(target: str, endpoint: str | None, store: str | None, *, create: bool = False):
+    from agentfs.api import WorkspaceClient
+    from agentfs.cli.target import parse_target
+
+    t = parse_target(target, endpoint_url=endpoint, store_url=store)
+    if not t.workspace:
+        raise InvalidArgument("target names no workspace (expected STORE_URL/WORKSPACE[/PATH])", path=target)
+    return WorkspaceClient(t.store, t.workspace, create=create, agent=os.environ.get("AGENTFS_AGENT", "")), t.path
+
+
+# -- mounting ---------------------------------------------------------------------
+
+
+@app.command()
+def mount(
+    args: Annotated[list[str], typer.Argument(help="[STORE_URL] MOUNTPOINT", metavar="[STORE_URL] MOUNTPOINT")],
+    workspace: Annotated[str | None, typer.Option("--workspace", "-w", help="Mount only this workspace")] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Do not daemonize")] = False,
+    agent: Annotated[str, typer.Option(help="Agent name recorded for changes (default: $AGENTFS_AGENT, uid)")] = "",
+    cache_dir: Annotated[str | None, typer.Option(help="Local cache directory")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Mount read-only")] = False,
+    endpoint_url: EndpointOpt = None,
+    allow_other: Annotated[bool, typer.Option(help="Let other users access the mount")] = False,
+    scan_interval: Annotated[float, typer.Option(help="Seconds between scans for external writes (0: off)")] = 60.0,
+    log_file: Annotated[str | None, typer.Option(help="Log file (default: stderr)")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Mount a store (every top-level directory is a workspace) or one workspace.
+
+    STORE_URL: s3://bucket[/prefix], file:///path, memory://name; default: the
+    embedded local store (see `agentfs where`).
+    """
+    from agentfs.fuse.mount import run_mount
+
+    if len(args) == 1:
+        store_url, mountpoint = default_store_url(), args[0]
+    elif len(args) == 2:
+        store_url, mountpoint = args
+    else:
+        raise InvalidArgument("expected [STORE_URL] MOUNTPOINT")
+    cfg = MountConfig(
+        store_url=store_url, mountpoint=os.path.abspath(mountpoint), workspace=workspace,
+        foreground=foreground, agent=agent or os.environ.get("AGENTFS_AGENT", ""),
+        read_only=read_only, endpoint_url=endpoint_url, allow_other=allow_other,
+        scan_interval=scan_interval, log_file=os.path.abspath(log_file) if log_file else None,
+        log_level=log_level, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
+    )
+    raise typer.Exit(run_mount(cfg))
+
+
+def _mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == real for line in f)
+
+
+@app.command()
+def umount(
+    mountpoint: str,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the daemon to finish")] = 120.0,
+) -> None:
+    """Flush pending uploads, unmount, and wait for the mount daemon to exit."""
+    from agentfs.vfs import CONTROL_PID, CONTROL_SYNC
+
+    if not _mounted(mountpoint):
+        raise InvalidArgument("not mounted", path=mountpoint)
+    pid = None
+    try:
+        pid = int(os.getxattr(mountpoint, CONTROL_PID))
+        os.setxattr(mountpoint, CONTROL_SYNC, b"1")
+    except OSError as e:
+        log.debug("control channel: %s", e)
+    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AgentFSError((r.stderr.strip() or "fusermount3 failed").splitlines()[-1])
+    deadline = time.monotonic() + timeout
+    while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break
+        except OSError:
+            break
+        time.sleep(0.05)
+
+
+@app.command()
+def where() -> None:
+    """Print the directory of the embedded default store."""
+    typer.echo(str(default_store_path()))
+
+
+# -- files ----------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls_cmd(
+    target: str,
+    long: Annotated[bool, typer.Option("-l", help="Long listing")] = False,
+    recursive: Annotated[bool, typer.Option("-R", "--recursive")] = False,
+    as_json: JsonOpt = False,
+    endpoint_url: EndpointOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """List a directory of a workspace (or the workspaces of a store)."""
+    from agentfs.check import workspace_names
+    from agentfs.cli.target import parse_target
+
+    t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
+    if not t.workspace:
+        names = workspace_names(t.store)
+        typer.echo(json.dumps(names) if as_json else "\n".join(names))
+        return
+    client, path = _client(target, endpoint_url, store)
+    with client:
+        st = client.stat(path)
+        if st.kind == "dir":
+            entries = list(client.walk(path)) if recursive else [client.stat(f"{path}/{n}" if path else n)
+                                                                 for n in client.listdir(path)]
+        else:
+            entries = [st]
+    if as_json:
+        typer.echo(json.dumps([e.as_dict() for e in entries]))
+        return
+    if not long:
+        for e in entries:
+            name = e.path[len(path):].lstrip("/") if path and e.path.startswith(path) else e.path
+            typer.echo(name + ("/" if e.kind == "dir" else ""))
+        return
+    table = Table(box=None, show_header=True)
+    for col in ("mode", "size", "modified", "name"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for e in entries:
+        kind = {"dir": "d", "symlink": "l"}.get(e.kind, "-")
+        name = e.path + (f" -> {e.target}" if e.target else "")
+        table.add_row(f"{kind}{e.mode:04o}", str(e.size),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.mtime_ns / 1e9)), name)
+    out.print(table)
+
+
+@app.command()
+def cat(target: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
+    """Write a file's bytes to stdout."""
+    client, path = _client(target, endpoint_url, store)
+    with client, client.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+
+
+def _progress(total: int, label: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    if total < (8 << 20) or not sys.stderr.isatty():
+        return None
+    p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                 TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+    return p, p.add_task(label, total=total)
+
+
+@app.command()
+def put(local: str, target: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
+    """Upload a local file (use - for stdin); durable in the store on return."""
+    client, path = _client(target, endpoint_url, store, create=True)
+    with client:
+        if not path or (client.exists(path) and client.stat(path).kind == "dir"):
+            path = f"{path}/{Path(local).name}".strip("/")
+        if local == "-":
+            client.write_bytes(path, sys.stdin.buffer.read())
+            return
+        prog = _progress(os.path.getsize(local), f"put {path}")
+        if prog is None:
+            client.upload(local, path)
+            return
+        with prog[0] as p:
+            client.upload(local, path, progress=lambda n: p.advance(prog[1], n))
+
+
+@app.command()
+def get(target: str, local: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
+    """Download a file to a local path (a directory keeps the name)."""
+    client, path = _client(target, endpoint_url, store)
+    with client:
+        dst = Path(local)
+        if dst.is_dir():
+            dst = dst / Path(path).name
+        prog = _progress(client.stat(path).size, f"get {path}")
+        if prog is None:
+            client.download(path, dst)
+            return
+        with prog[0] as p:
+            client.download(path, dst, progress=lambda n: p.advance(prog[1], n))
+
+
+@app.command()
+def rm(
+    target: str,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Remove directories and their contents")] = False,
+    endpoint_url: EndpointOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Remove a file (or, with -r, a directory tree)."""
+    client, path = _client(target, endpoint_url, store)
+    with client:
+        if client.stat(path).kind == "dir":
+            if not recursive:
+                from agentfs.errors import IsADirectory
+                raise IsADirectory("is a directory (use -r)", path=path)
+            client.rmtree(path)
+        else:
+            client.remove(path)
+
+
+@app.command()
+def mkdir(
+    target: str,
+    parents: Annotated[bool, typer.Option("-p", "--parents")] = False,
+    endpoint_url: EndpointOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Create a directory (or a workspace, when TARGET names only a workspace)."""
+    client, path = _client(target, endpoint_url, store, create=True)
+    with client:
+        if path:
+            client.mkdir(path, parents=parents)
+
+
+@app.command()
+def mv(src: str, dst: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
+    """Rename within one workspace: agentfs mv STORE/ws/a STORE/ws/b (or ws/a b)."""
+    client, path = _client(src, endpoint_url, store)
+    with client:
+        from agentfs.cli.target import parse_target
+
+        if "://" in dst or dst.startswith("/"):
+            t = parse_target(dst, endpoint_url=endpoint_url, store_url=store)
+            if t.workspace != client.name:
+                raise InvalidArgument("mv works within one workspace", path=dst)
+            dst = t.path
+        client.rename(path, dst)
+
+
+# -- administration -----------------------------------------------------------------------
+
+
+@app.command()
+def workspaces(store_url: Annotated[str, typer.Argument()] = "", as_json: JsonOpt = False,
+               endpoint_url: EndpointOpt = None) -> None:
+    """List the workspaces of a store."""
+    from agentfs.check import workspace_names
+    from agentfs.store import open_store
+
+    names = workspace_names(open_store(store_url or default_store_url(), endpoint_url=endpoint_url))
+    typer.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
+@app.command()
+def check(
+    store_url: Annotated[str, typer.Argument(help="Store URL (default: the embedded store)")] = "",
+    workspace: Annotated[list[str] | None, typer.Option("--workspace", "-w")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Remove leftovers, adopt external writes")] = False,
+    as_json: JsonOpt = False,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Check that the journal and the objects of a store agree (exit 1 if not)."""
+    from agentfs.check import check_store
+    from agentfs.store import open_store
+
+    rep = check_store(open_store(store_url or default_store_url(), endpoint_url=endpoint_url),
+                      workspace or None, repair=repair)
+    if as_json:
+        typer.echo(rep.model_dump_json(indent=2))
+    else:
+        for w in rep.workspaces:
+            status = "ok" if not w.errors else f"{len(w.errors)} errors"
+            typer.echo(f"{w.workspace}: seq {w.seq}, {w.files} files, {w.dirs} dirs: {status}")
+            for line in w.errors:
+                typer.echo(f"  error: {line}")
+            for line in w.notices:
+                typer.echo(f"  notice: {line}")
+            for line in w.repaired:
+                typer.echo(f"  repaired: {line}")
+        for line in rep.errors:
+            typer.echo(f"error: {line}")
+        for line in rep.notices:
+            typer.echo(f"notice: {line}")
+        typer.echo("consistent" if rep.clean else "INCONSISTENT")
+    raise typer.Exit(0 if rep.clean else 1)
+
+
+@app.command("log")
+def log_cmd(
+    target: str,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many records (newest)")] = 50,
+    endpoint_url: EndpointOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Show the journal of a workspace: who changed what, when."""
+    from agentfs.cli.target import parse_target
+    from agentfs.journal import Journal
+
+    t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
+    if not t.workspace:
+        raise InvalidArgument("target names no workspace", path=target)
+    j = Journal(t.store, t.workspace)
+    commits = j.commits_after(0)
+    if not commits and not j.exists():
+        raise NotFound("no such workspace", path=t.workspace)
+    rows = []
+    for c in commits:
+        for r in c.records:
+            p = getattr(r.op, "path", None)
+            if p is None:
+                p = f"{r.op.src} -> {r.op.dst}"
+            if t.path and not p.startswith(t.path):
+                continue
+            rows.append({"seq": c.seq, "time": r.time, "agent": r.agent, "pid": r.pid, "uid": r.uid,
+                         "action": r.action, "path": p, **{k: v for k, v in r.detail.items()}})
+    rows = rows[-limit:]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(box=None)
+    for col in ("seq", "time", "agent", "action", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["seq"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
+                      str(r["agent"]), str(r["action"]), str(r["path"]))
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning errors into one line and an exit code."""
+    logging.basicConfig(level=os.environ.get("AGENTFS_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        app(standalone_mode=False)
+    except AgentFSError as e:
+        typer.echo(f"agentfs: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        typer.echo(f"agentfs: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("agentfs: aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(64 if isinstance(e, click.UsageError) else 1)
+        typer.echo(f"agentfs: internal error: {type(e).__name__}: {e}", err=True)
+        log.debug("internal error", exc_info=True)
+        sys.exit(70)
+    sys.exit(0)

@@ -1,0 +1,476 @@
+"""The inode-level filesystem of one mount: workspaces under one root.
+
+This is the core the FUSE adapter calls, and it is tested without FUSE.  It
+routes inode numbers to workspaces, keeps open file and directory handles,
+runs the background work of a mount (journal tail, adoption scan, kernel
+cache invalidation) and answers the top level: in a whole-store mount every
+top-level directory is a workspace (``mkdir`` creates one); with
+``workspace=NAME`` the root *is* that workspace.
+
+Error contract: :class:`agentfs.errors.AgentFSError` subclasses, each with
+its errno.  Concurrency: one trio thread; see ``Workspace``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from agentfs.cache import Cache
+from agentfs.errors import (
+    AgentFSError,
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    NoAttribute,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+)
+from agentfs.identity import Caller
+from agentfs.journal import META
+from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
+from agentfs.store.base import ObjectStore
+from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
+
+__all__ = ["CONTROL_PID", "CONTROL_SYNC", "FileSystem", "Notifier"]
+
+log = logging.getLogger(__name__)
+
+#: Control xattrs on the mount root (the CLI's channel to a live mount).
+CONTROL_PID = "user.agentfs.mount.pid"
+CONTROL_SYNC = "user.agentfs.mount.sync"
+CONTROL_STATUS = "user.agentfs.mount.status"
+
+TAIL_MIN = 0.2
+TAIL_MAX = 1.0
+
+
+class Notifier:
+    """Kernel cache invalidation; the FUSE layer supplies a real one."""
+
+    def invalidate_inode(self, ino: int, attr_only: bool) -> None:
+        pass
+
+    def invalidate_entry(self, parent_ino: int, name: str) -> None:
+        pass
+
+
+@dataclass
+class FileHandle:
+    ws: Workspace
+    of: OpenFile
+    write: bool
+
+
+class FileSystem:
+    """Every workspace of one store, as inodes."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        cache_dir: Path,
+        workspace: str | None = None,
+        agent: str = "",
+        read_only: bool = False,
+        scan_interval: float = 60.0,
+        connections: int = 32,
+    ) -> None:
+        self.store = store
+        self.single = workspace
+        self.agent = agent or f"uid:{os.getuid()}"
+        self.read_only = read_only
+        self.scan_interval = scan_interval
+        self.mount_id = uuid.uuid4().hex[:12]
+        self.table = InodeTable()
+        self.cache = Cache(cache_dir / self.mount_id)
+        self.limiter = trio.CapacityLimiter(connections)
+        self.workspaces: dict[str, Workspace] = {}
+        self.known_names: set[str] = set()
+        self.handles: dict[int, FileHandle] = {}
+        self.dirs: dict[int, list[tuple[str, int]]] = {}
+        self._fh = itertools.count(1)
+        self.notifier: Notifier = Notifier()
+        self._inval: list[tuple[str, int, str | bool]] = []
+        self._inval_event = trio.Event()
+        self.root_mtime_ns = time.time_ns()
+        self._loading: dict[str, trio.Event] = {}
+        self._kept_etag: dict[int, str | None] = {}
+
+    # -- workspaces ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the mounted workspace (single mode) or list them (whole store)."""
+        if self.single is not None:
+            check_workspace_name(self.single)
+            await self._load(self.single, create=not self.read_only, root_ino=ROOT_INODE)
+        else:
+            await self.refresh_names()
+
+    async def refresh_names(self) -> None:
+        names = await trio.to_thread.run_sync(self._list_names, limiter=self.limiter)
+        self.known_names = names | set(self.workspaces)
+
+    def _list_names(self) -> set[str]:
+        names = set(self.store.list_dirs(f"{META}/")) | set(self.store.list_dirs(""))
+        out = set()
+        for n in names:
+            try:
+                check_workspace_name(n)
+            except AgentFSError:
+                continue
+            out.add(n)
+        return out
+
+    async def _load(self, name: str, *, create: bool, root_ino: int | None = None) -> Workspace:
+        ws = self.workspaces.get(name)
+        if ws is not None:
+            return ws
+        ev = self._loading.get(name)
+        if ev is not None:
+            await ev.wait()
+            return await self._load(name, create=create, root_ino=root_ino)
+        self._loading[name] = ev = trio.Event()
+        try:
+            ws = Workspace(self.store, name, table=self.table, cache=self.cache, limiter=self.limiter,
+                           agent=self.agent, mount_id=self.mount_id, read_only=self.read_only,
+                           root_ino=root_ino)
+            ws.ns.owner = ws
+            await ws.load(create=create)
+            ws.on_change = self._on_change
+            self.workspaces[name] = ws
+            self.known_names.add(name)
+            return ws
+        finally:
+            del self._loading[name]
+            ev.set()
+
+    def _ws(self, node: Node) -> Workspace:
+        ws = node.ns.owner
+        assert isinstance(ws, Workspace)
+        return ws
+
+    def node(self, ino: int) -> Node:
+        n = self.table.get(ino)
+        if n is None:
+            raise NotFound("stale inode")
+        return n
+
+    def _is_top(self, ino: int) -> bool:
+        return self.single is None and ino == ROOT_INODE
+
+    # -- attributes and lookup -------------------------------------------------------
+
+    def root_attr(self) -> Attr:
+        return Attr(ROOT_INODE, "d", 0o755, 2 + len(self.workspaces), os.getuid(), os.getgid(), 0,
+                    self.root_mtime_ns, self.root_mtime_ns)
+
+    def getattr(self, ino: int) -> Attr:
+        if self._is_top(ino):
+            return self.root_attr()
+        node = self.node(ino)
+        return self._ws(node).attr(node)
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        if self._is_top(parent):
+            if name not in self.workspaces:
+                try:
+                    check_workspace_name(name)
+                except AgentFSError:
+                    raise NotFound(path=name) from None
+                if not await trio.to_thread.run_sync(self._ws_exists, name, limiter=self.limiter):
+                    raise NotFound(path=name)
+            ws = await self._load(name, create=False)
+            node = ws.ns.root
+        else:
+            pnode = self.node(parent)
+            node = self._ws(pnode).lookup(pnode, name)
+        node.lookups += 1
+        return self._ws(node).attr(node)
+
+    def _ws_exists(self, name: str) -> bool:
+        return any(True for _ in self.store.list(f"{META}/{name}/")) or any(
+            True for _ in self.store.list(f"{name}/"))
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            node = self.table.get(ino)
+            if node is None:
+                continue
+            node.lookups -= n
+            self.table.maybe_drop(node)
+
+    # -- directories -------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        if self._is_top(ino):
+            await self.refresh_names()
+            entries = []
+            for name in sorted(self.known_names):
+                ws = self.workspaces.get(name) or await self._load(name, create=False)
+                entries.append((name, ws.ns.root.ino))
+        else:
+            node = self.node(ino)
+            entries = [(n, c.ino) for n, c in self._ws(node).listdir(node)]
+        fh = next(self._fh)
+        self.dirs[fh] = entries
+        return fh
+
+    def readdir(self, fh: int, start: int) -> list[tuple[str, Attr, int]]:
+        """Entries from index ``start``: (name, attrs, next index)."""
+        out = []
+        for i, (name, ino) in enumerate(self.dirs[fh][start:], start):
+            try:
+                out.append((name, self.getattr(ino), i + 1))
+            except NotFound:
+                continue
+        return out
+
+    def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    async def mkdir(self, parent: int, name: str, mode: int, caller: Caller) -> Attr:
+        if self._is_top(parent):
+            check_workspace_name(name)
+            if name in self.workspaces or await trio.to_thread.run_sync(self._ws_exists, name,
+                                                                          limiter=self.limiter):
+                raise AlreadyExists(path=name)
+            if self.read_only:
+                raise ReadOnly("read-only mount")
+            ws = await self._load(name, create=True)
+            self.root_mtime_ns = time.time_ns()
+            node = ws.ns.root
+            node.lookups += 1
+            return ws.attr(node)
+        pnode = self.node(parent)
+        ws = self._ws(pnode)
+        node = await ws.mkdir(pnode, name, mode, caller)
+        node.lookups += 1
+        return ws.attr(node)
+
+    def _top_refuse(self, parent: int) -> None:
+        if self._is_top(parent):
+            raise NotPermitted("only workspace directories live at the top of the mount")
+
+    async def rmdir(self, parent: int, name: str, caller: Caller) -> None:
+        self._top_refuse(parent)
+        pnode = self.node(parent)
+        await self._ws(pnode).rmdir(pnode, name, caller)
+
+    async def unlink(self, parent: int, name: str, caller: Caller) -> None:
+        self._top_refuse(parent)
+        pnode = self.node(parent)
+        await self._ws(pnode).unlink(pnode, name, caller)
+
+    async def symlink(self, parent: int, name: str, target: str, caller: Caller) -> Attr:
+        self._top_refuse(parent)
+        pnode = self.node(parent)
+        ws = self._ws(pnode)
+        node = await ws.symlink(pnode, name, target, caller)
+        node.lookups += 1
+        return ws.attr(node)
+
+    def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        return self._ws(node).readlink(node)
+
+    async def rename(self, p_old: int, old: str, p_new: int, new: str, flags: int, caller: Caller) -> None:
+        self._top_refuse(p_old)
+        self._top_refuse(p_new)
+        if flags & ~1:  # only RENAME_NOREPLACE (1); RENAME_EXCHANGE is not supported
+            raise InvalidArgument("unsupported rename flags")
+        a, b = self.node(p_old), self.node(p_new)
+        ws = self._ws(a)
+        if self._ws(b) is not ws:
+            raise OSError(18, "cross-workspace rename")  # EXDEV: tools fall back to copy
+        await ws.rename(a, old, b, new, caller, noreplace=bool(flags & 1))
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def create(self, parent: int, name: str, mode: int, flags: int, caller: Caller) -> tuple[int, Attr]:
+        self._top_refuse(parent)
+        pnode = self.node(parent)
+        ws = self._ws(pnode)
+        node, of = await ws.create(pnode, name, mode, caller)
+        node.lookups += 1
+        if flags & os.O_APPEND:
+            of.append_handles += 1
+        fh = next(self._fh)
+        self.handles[fh] = FileHandle(ws, of, True)
+        return fh, ws.attr(node)
+
+    async def open(self, ino: int, flags: int, caller: Caller) -> tuple[int, bool]:
+        """A file handle, and whether the kernel may keep its page cache."""
+        if self._is_top(ino):
+            raise IsADirectory()
+        node = self.node(ino)
+        ws = self._ws(node)
+        acc = flags & os.O_ACCMODE
+        write = acc in (os.O_WRONLY, os.O_RDWR)
+        of = await ws.open(node, write=write, truncate=bool(flags & os.O_TRUNC),
+                           append=bool(flags & os.O_APPEND), caller=caller)
+        fh = next(self._fh)
+        self.handles[fh] = FileHandle(ws, of, write)
+        etag = node.entry.etag
+        keep = of.fd >= 0 or self._kept_etag.get(ino, "-") == etag
+        self._kept_etag[ino] = etag
+        return fh, keep
+
+    def _h(self, fh: int) -> FileHandle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise InvalidArgument("bad file handle")
+        return h
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._h(fh)
+        return await h.ws.read(h.of, off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        h = self._h(fh)
+        return await h.ws.write(h.of, off, data)
+
+    async def flush(self, fh: int, caller: Caller) -> None:
+        h = self._h(fh)
+        await h.ws.flush(h.of, caller)
+
+    async def fsync(self, fh: int, caller: Caller) -> None:
+        h = self._h(fh)
+        await h.ws.fsync(h.of, caller)
+
+    async def release(self, fh: int, caller: Caller) -> None:
+        h = self.handles.pop(fh, None)
+        if h is not None:
+            self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
+            await h.ws.release(h.of, caller)
+
+    async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
+                      uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None) -> Attr:
+        if self._is_top(ino):
+            raise NotPermitted("the mount root cannot be changed")
+        node = self.node(ino)
+        ws = self._ws(node)
+        h = self.handles.get(fh) if fh is not None else None
+        of = h.of if h is not None else ws.open_files.get(ino)
+        await ws.setattr(node, caller, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns, of=of)
+        return ws.attr(node)
+
+    # -- xattrs --------------------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
+            if name == CONTROL_PID:
+                return str(os.getpid()).encode()
+            if name == CONTROL_STATUS:
+                dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
+                return f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "store": "{self.store.url}"}}'.encode()
+            raise NoAttribute(path=name)
+        if self._is_top(ino):
+            raise NoAttribute(path=name)
+        node = self.node(ino)
+        return self._ws(node).getxattr(node, name)
+
+    def listxattr(self, ino: int) -> list[str]:
+        if self._is_top(ino):
+            return []
+        node = self.node(ino)
+        return self._ws(node).listxattr(node)
+
+    async def setxattr(self, ino: int, name: str, value: bytes, caller: Caller) -> None:
+        if ino == ROOT_INODE and name == CONTROL_SYNC:
+            await self.sync_all(caller)
+            return
+        if self._is_top(ino):
+            raise NotSupported("the mount root has no attributes")
+        node = self.node(ino)
+        await self._ws(node).setxattr(node, name, value, caller)
+
+    async def removexattr(self, ino: int, name: str, caller: Caller) -> None:
+        if self._is_top(ino):
+            raise NoAttribute(path=name)
+        node = self.node(ino)
+        await self._ws(node).removexattr(node, name, caller)
+
+    # -- background work -------------------------------------------------------------------
+
+    async def sync_all(self, caller: Caller | None = None) -> None:
+        caller = caller or Caller.current(self.agent)
+        for ws in list(self.workspaces.values()):
+            await ws.sync(caller)
+
+    def _on_change(self, ch: Changes) -> None:
+        for parent, name in ch.entries:
+            self._inval.append(("entry", parent, name))
+        for ino in ch.inodes | ch.data:
+            self._inval.append(("inode", ino, ino not in ch.data))
+        for ino in ch.data:
+            self._kept_etag.pop(ino, None)
+        self._inval_event.set()
+
+    async def invalidator(self) -> None:
+        """Tell the kernel about remote changes (outside request handlers)."""
+        while True:
+            await self._inval_event.wait()
+            self._inval_event = trio.Event()
+            batch, self._inval = self._inval, []
+            for kind, ino, arg in batch:
+                try:
+                    if kind == "entry":
+                        await trio.to_thread.run_sync(self.notifier.invalidate_entry, ino, arg)
+                    else:
+                        await trio.to_thread.run_sync(self.notifier.invalidate_inode, ino, arg)
+                except OSError as e:
+                    log.debug("invalidate %s %s: %s", kind, ino, e)
+
+    async def tail(self) -> None:
+        """Follow every loaded workspace's journal (adaptive interval)."""
+        interval = TAIL_MIN
+        while True:
+            await trio.sleep(interval)
+            got = 0
+            for ws in list(self.workspaces.values()):
+                try:
+                    got += await ws.pull()
+                except AgentFSError as e:
+                    log.warning("tail of %s: %s", ws.name, e)
+            interval = TAIL_MIN if got else min(TAIL_MAX, interval * 1.5)
+
+    async def scanner(self) -> None:
+        """Adopt external writes periodically (first pass right after mount)."""
+        if self.scan_interval <= 0:
+            return
+        await trio.sleep(1.0)
+        while True:
+            for ws in list(self.workspaces.values()):
+                try:
+                    await ws.scan()
+                except AgentFSError as e:
+                    log.warning("scan of %s: %s", ws.name, e)
+            if self.single is None:
+                try:
+                    await self.refresh_names()
+                except AgentFSError as e:
+                    log.warning("listing workspaces: %s", e)
+            await trio.sleep(self.scan_interval)
+
+    async def run_background(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.invalidator)
+        nursery.start_soon(self.tail)
+        nursery.start_soon(self.scanner)
+
+    async def close(self) -> None:
+        """Flush what is dirty (unmount), then drop the cache."""
+        await self.sync_all()
+        for h in list(self.handles.values()):
+            h.of.close_local()
+        self.cache.close()
+

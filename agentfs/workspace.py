@@ -1,0 +1,956 @@
+"""Workspace: every file operation on one workspace, with or without FUSE.
+
+A workspace is a tree of files at natural keys ``<ws>/<path>`` plus a journal
+under ``.agentfs/<ws>/``.  This class owns the rules:
+
+- **Durability**: a file's bytes are uploaded, then its entry is committed to
+  the journal; ``flush``/``fsync``/``release`` return only after both.
+- **Optimistic concurrency**: uploads are conditional on the version the
+  writer started from (``if_match``) or on absence (``if_absent``).  A loser
+  keeps its bytes as a conflict copy next to the file; nothing is dropped.
+- **Renames** copy bytes to the new natural keys first, then commit the
+  rename in one journal record (atomic as seen through the mount), then delete
+  the old keys.  A crash in between leaves a tombstoned leftover that the next
+  scan removes, never a half-renamed tree.
+- **New files** are local ("pending") until their first flush: other mounts see
+  them on close (close-to-open consistency).
+
+Error contract: methods raise :class:`agentfs.errors.AgentFSError` subclasses
+(each carries its errno) and store errors from ``agentfs.store``.
+
+Concurrency: all methods run in one trio thread.  Store I/O runs in worker
+threads under a capacity limiter.  Renames and deletes take the namespace lock
+exclusively; uploads and other mutations take it shared, so a rename never
+interleaves with an upload of a file it moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import logging
+import os
+import stat as stat_mod
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentfs.cache import Cache
+from agentfs.errors import (
+    AlreadyExists,
+    BadName,
+    CorruptRecord,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+    ReadOnly,
+    Stale,
+    TooBig,
+)
+from agentfs.identity import HOSTNAME, Caller
+from agentfs.journal import COMPACT_EVERY, META, Journal
+from agentfs.models import (
+    Commit,
+    DelOp,
+    Entry,
+    MoveOp,
+    PutOp,
+    Record,
+    decode_xattr,
+    encode_xattr,
+)
+from agentfs.namespace import Changes, InodeTable, Namespace, Node, join, split
+from agentfs.store.base import ObjectStore
+
+__all__ = [
+    "MAX_NAME",
+    "MAX_XATTR_VALUE",
+    "Attr",
+    "OpenFile",
+    "Workspace",
+    "check_name",
+    "check_workspace_name",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 255
+MAX_XATTR_NAME = 255
+MAX_XATTR_VALUE = 64 * 1024
+#: Files up to this size are uploaded from memory in one request.
+SMALL_FILE = 8 << 20
+#: How long an object must exist unknown to the journal before a scan adopts it.
+ADOPT_GRACE = 30.0
+
+
+def check_name(name: str) -> None:
+    """Raise unless ``name`` can be one path component."""
+    if not name or name in (".", ".."):
+        raise BadName("invalid name", path=name)
+    if "/" in name or "\0" in name:
+        raise BadName("name contains '/' or NUL", path=name)
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadName("name is not valid UTF-8", path=repr(name)) from None
+    if len(raw) > MAX_NAME:
+        raise NameTooLong("name longer than 255 bytes", path=name[:40] + "...")
+
+
+def check_workspace_name(name: str) -> None:
+    """A workspace name is a valid name that is not agentfs's own folder."""
+    check_name(name)
+    if name == META or name.startswith(".agentfs"):
+        raise BadName("reserved workspace name", path=name)
+
+
+@dataclass(slots=True)
+class Attr:
+    """Attributes of one node as the kernel sees them."""
+
+    ino: int
+    kind: str
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def st_mode(self) -> int:
+        fmt = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK}[self.kind]
+        return fmt | self.mode
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """The open state of one file node in this mount (shared by its handles).
+
+    ``fd`` is the local working copy once the file is written (or unlinked
+    while open); ``base_etag`` is the store version that copy derives from
+    (None for a file that has never been uploaded).
+    """
+
+    node: Node
+    handles: int = 0
+    fd: int = -1
+    local: Path | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    dirty: bool = False
+    gen: int = 0
+    base_etag: str | None = None
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    append_handles: int = 0
+
+    def close_local(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.local is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.local)
+            self.local = None
+
+
+class RWLock:
+    """A trio shared/exclusive lock; waiting exclusive lockers block new shared ones."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._cond = trio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            while self._writer or self._writers_waiting:
+                await self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    await self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Pending:
+    records: list[Record]
+    done: bool = False
+    error: BaseException | None = None
+
+
+class Workspace:
+    """One workspace of a store.  Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        name: str,
+        *,
+        table: InodeTable,
+        cache: Cache,
+        limiter: trio.CapacityLimiter,
+        agent: str = "",
+        mount_id: str = "",
+        read_only: bool = False,
+        root_ino: int | None = None,
+    ) -> None:
+        check_workspace_name(name)
+        self.store = store
+        self.name = name
+        self.journal = Journal(store, name)
+        self.cache = cache
+        self.limiter = limiter
+        self.agent = agent
+        self.mount_id = mount_id
+        self.read_only = read_only
+        now = time.time_ns()
+        root = Entry(kind="d", mode=0o755, uid=os.getuid(), gid=os.getgid(), mtime_ns=now, ctime_ns=now)
+        self.ns = Namespace(table, root, root_ino=root_ino)
+        self.open_files: dict[int, OpenFile] = {}
+        self.ns_lock = RWLock()
+        self._commit_lock = trio.Lock()
+        self._queue: list[_Pending] = []
+        self._last_state_seq = 0
+        self.last_activity = time.monotonic()
+        #: Called with the Changes of every remote commit applied (kernel invalidation).
+        self.on_change: Callable[[Changes], None] | None = None
+        self._missing_seen: set[str] = set()
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+
+    def key(self, path: str) -> str:
+        """The natural key of a workspace path."""
+        return f"{self.name}/{path}" if path else f"{self.name}/"
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("read-only mount")
+
+    def _path(self, node: Node) -> str:
+        path = self.ns.path_of(node)
+        if path is None:
+            raise NotFound("file was removed")
+        return path
+
+    def record(self, action: str, op: PutOp | DelOp | MoveOp, caller: Caller, **detail: Any) -> Record:
+        return Record(action=action, op=op, agent=caller.agent or self.agent, pid=caller.pid,
+                      uid=caller.uid, detail=detail)
+
+    # -- loading and the journal ----------------------------------------------
+
+    @classmethod
+    async def load_new(cls, store: ObjectStore, name: str, *, create: bool = True, **kw: Any) -> Workspace:
+        ws = cls(store, name, **kw)
+        await ws.load(create=create)
+        return ws
+
+    async def load(self, *, create: bool = True) -> None:
+        """Read the latest state and the commits after it; create the journal
+        of a new workspace (adopting what already sits at its natural keys)."""
+        state = await self._io(self.journal.latest_state)
+        if state is not None:
+            self.ns.load_state(state)
+            self._last_state_seq = state.seq
+        commits = await self._io(self.journal.commits_after, self.ns.seq)
+        for c in commits:
+            self._apply(c, notify=False)
+        if self.ns.seq == 0:
+            if not create:
+                raise NotFound("no such workspace", path=self.name)
+            if not self.read_only:
+                caller = Caller.current(self.agent)
+                await self.commit([self.record("create-workspace", PutOp(path="", entry=self.ns.root.entry), caller)])
+        log.info("workspace %s loaded at seq %d (%d commits replayed)", self.name, self.ns.seq, len(commits))
+
+    def _apply(self, commit: Commit, *, notify: bool) -> Changes:
+        ch = Changes()
+        for r in commit.records:
+            ch.merge(self.ns.apply(r.op, r.time))
+        self.ns.seq = commit.seq
+        if notify and self.on_change is not None:
+            self.on_change(ch)
+        return ch
+
+    async def pull(self) -> int:
+        """Apply commits other mounts made since our position; returns how many."""
+        n = 0
+        while True:
+            try:
+                c = await self._io(self.journal.fetch, self.ns.seq + 1)
+            except CorruptRecord as e:
+                log.error("workspace %s: %s; stopping the tail here", self.name, e)
+                return n
+            if c is None:
+                return n
+            self._apply(c, notify=True)
+            n += 1
+
+    async def commit(self, records: list[Record]) -> None:
+        """Append records to the journal (group commit) and apply them here.
+
+        Concurrent callers are batched into one journal object.  A lost race
+        for the next sequence number is resolved by applying the winner's
+        commit and retrying at the next number.
+        """
+        self._writable()
+        me = _Pending(records)
+        self._queue.append(me)
+        async with self._commit_lock:
+            if not me.done:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._write_batch([r for p in batch for r in p.records])
+                except BaseException as e:
+                    for p in batch:
+                        p.done, p.error = True, e
+                    raise
+                for p in batch:
+                    p.done = True
+        if me.error is not None:
+            raise me.error
+        self.last_activity = time.monotonic()
+
+    async def _write_batch(self, records: list[Record]) -> None:
+        while True:
+            seq = self.ns.seq + 1
+            c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
+            if await self._io(self.journal.append, c):
+                self._apply(c, notify=False)
+                break
+            await self.pull()
+        if seq - self._last_state_seq >= COMPACT_EVERY:
+            await self.compact()
+
+    async def compact(self) -> None:
+        """Write a state snapshot at the current position."""
+        state = self.ns.to_state()
+        await self._io(self.journal.write_state, state)
+        self._last_state_seq = state.seq
+        log.info("workspace %s: state snapshot at seq %d", self.name, state.seq)
+
+    # -- reading the tree -----------------------------------------------------
+
+    def lookup(self, parent: Node, name: str) -> Node:
+        if parent.children is None:
+            raise NotADirectory()
+        node = parent.children.get(name)
+        if node is None:
+            raise NotFound(path=name)
+        return node
+
+    def resolve(self, path: str) -> Node:
+        """The node at a workspace path (``""`` or ``"/"`` is the root)."""
+        path = path.strip("/")
+        node = self.ns.root
+        for part in path.split("/") if path else []:
+            node = self.lookup(node, part)
+        return node
+
+    def attr(self, node: Node) -> Attr:
+        e = node.entry
+        size, mtime = e.size, e.mtime_ns
+        if e.kind == "l":
+            size = len((e.target or "").encode())
+        of = self.open_files.get(node.ino)
+        if of is not None and of.fd >= 0:
+            size, mtime = of.size, of.mtime_ns
+        nlink = 1
+        if node.children is not None:
+            nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
+        elif not node.attached:
+            nlink = 0
+        return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, mtime, max(e.ctime_ns, mtime))
+
+    def listdir(self, node: Node) -> list[tuple[str, Node]]:
+        if node.children is None:
+            raise NotADirectory()
+        return sorted(node.children.items())
+
+    def readlink(self, node: Node) -> str:
+        if node.entry.kind != "l":
+            raise InvalidArgument("not a symlink")
+        return node.entry.target or ""
+
+    # -- creating -------------------------------------------------------------
+
+    def _new_entry(self, kind: str, mode: int, caller: Caller, **kw: Any) -> Entry:
+        now = time.time_ns()
+        return Entry(kind=kind, mode=mode & 0o7777, uid=caller.uid, gid=caller.gid,
+                     mtime_ns=now, ctime_ns=now, **kw)
+
+    def _check_new(self, parent: Node, name: str) -> None:
+        self._writable()
+        check_name(name)
+        if parent.children is None:
+            raise NotADirectory()
+        if not parent.attached:
+            raise NotFound("directory was removed")
+        if name in parent.children:
+            raise AlreadyExists(path=name)
+
+    async def _touch_dir(self, parent: Node, caller: Caller) -> list[Record]:
+        """Records that bump a directory's mtime (after a change of its entries)."""
+        path = self.ns.path_of(parent)
+        if path is None:
+            return []
+        now = time.time_ns()
+        entry = parent.entry.model_copy(update={"mtime_ns": now, "ctime_ns": now})
+        return [self.record("touch-dir", PutOp(path=path, entry=entry), caller)]
+
+    async def mkdir(self, parent: Node, name: str, mode: int, caller: Caller) -> Node:
+        async with self.ns_lock.shared():
+            self._check_new(parent, name)
+            path = join(self._path(parent), name)
+            entry = self._new_entry("d", mode, caller)
+            await self.commit([self.record("mkdir", PutOp(path=path, entry=entry), caller),
+                               *await self._touch_dir(parent, caller)])
+            return self.lookup(parent, name)
+
+    async def symlink(self, parent: Node, name: str, target: str, caller: Caller) -> Node:
+        async with self.ns_lock.shared():
+            self._check_new(parent, name)
+            if len(target.encode("utf-8", "surrogateescape")) > 4095:
+                raise NameTooLong("symlink target too long")
+            path = join(self._path(parent), name)
+            entry = self._new_entry("l", 0o777, caller, target=target)
+            await self.commit([self.record("symlink", PutOp(path=path, entry=entry), caller),
+                               *await self._touch_dir(parent, caller)])
+            return self.lookup(parent, name)
+
+    async def create(self, parent: Node, name: str, mode: int, caller: Caller) -> tuple[Node, OpenFile]:
+        """A new empty file, open for writing; it reaches the store on flush."""
+        self._check_new(parent, name)
+        node = self.ns.add_pending(parent, name, self._new_entry("f", mode, caller))
+        of = self._open_file(node)
+        self._make_local(of, b"")
+        of.dirty = True
+        of.handles += 1
+        node.opens += 1
+        return node, of
+
+    # -- open files -----------------------------------------------------------
+
+    def _open_file(self, node: Node) -> OpenFile:
+        of = self.open_files.get(node.ino)
+        if of is None:
+            of = OpenFile(node=node, size=node.entry.size, mtime_ns=node.entry.mtime_ns,
+                          base_etag=node.entry.etag)
+            self.open_files[node.ino] = of
+        return of
+
+    def _make_local(self, of: OpenFile, initial: bytes | None, path: Path | None = None) -> None:
+        if path is None:
+            path = self.cache.new_dirty_path()
+            with open(path, "wb") as f:
+                f.write(initial or b"")
+        of.local = path
+        of.fd = os.open(path, os.O_RDWR)
+        of.size = os.fstat(of.fd).st_size
+
+    async def open(self, node: Node, *, write: bool, truncate: bool, append: bool,
+                   caller: Caller) -> OpenFile:
+        if node.entry.kind == "d":
+            if write:
+                raise IsADirectory()
+        elif node.entry.kind != "f":
+            raise InvalidArgument("not a regular file")
+        if write:
+            self._writable()
+        of = self._open_file(node)
+        of.handles += 1
+        node.opens += 1
+        if append:
+            of.append_handles += 1
+        if truncate and write:
+            try:
+                await self.truncate(of, 0)
+            except BaseException:
+                await self.release(of, caller)
+                raise
+        return of
+
+    async def _ensure_local(self, of: OpenFile) -> None:
+        """Give the file a complete local working copy (before a modification)."""
+        if of.fd >= 0:
+            return
+        e = of.node.entry
+        if e.etag is None or e.size == 0:
+            self._make_local(of, b"")
+            of.base_etag = e.etag
+            return
+        key = self.key(self._path(of.node))
+        bf = self.cache.blockfile(key, e.etag, e.size)
+        await self.cache.fill(bf, self._fetcher(key, e.etag))
+        if of.fd >= 0:  # another task won the race while we fetched
+            return
+        self._make_local(of, None, self.cache.take(bf))
+        of.base_etag = e.etag
+        of.size = e.size
+
+    def _fetcher(self, key: str, etag: str) -> Callable[[int, int], Any]:
+        async def fetch(start: int, end: int) -> bytes:
+            return await self._io(self.store.get, key, start, end)
+        return fetch
+
+    async def read(self, of_or_node: OpenFile | Node, off: int, size: int) -> bytes:
+        of = of_or_node if isinstance(of_or_node, OpenFile) else self.open_files.get(of_or_node.ino)
+        node = of.node if of is not None else of_or_node
+        assert isinstance(node, Node)
+        if of is not None and of.fd >= 0:
+            return os.pread(of.fd, size, off)
+        e = node.entry
+        if e.kind != "f":
+            raise IsADirectory()
+        if e.etag is None or off >= e.size:
+            return b""
+        path = self.ns.path_of(node)
+        if path is None:
+            raise Stale("file was removed by another mount")
+        key = self.key(path)
+        bf = self.cache.blockfile(key, e.etag, e.size)
+        try:
+            return await self.cache.read(bf, off, size, self._fetcher(key, e.etag))
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+
+    async def write(self, of: OpenFile, off: int, data: bytes) -> int:
+        self._writable()
+        await self._ensure_local(of)
+        os.pwrite(of.fd, data, off)
+        of.size = max(of.size, off + len(data))
+        of.mtime_ns = time.time_ns()
+        of.dirty = True
+        of.gen += 1
+        return len(data)
+
+    async def truncate(self, of: OpenFile, size: int) -> None:
+        self._writable()
+        if size < 0:
+            raise InvalidArgument("negative size")
+        if of.fd < 0 and size == 0:
+            self._make_local(of, b"")
+        else:
+            await self._ensure_local(of)
+        os.ftruncate(of.fd, size)
+        of.size = size
+        of.mtime_ns = time.time_ns()
+        of.dirty = True
+        of.gen += 1
+
+    async def flush(self, of: OpenFile, caller: Caller) -> None:
+        """Upload the file if it changed and commit its entry (durable on return)."""
+        if of.dirty:
+            await self._upload(of, caller)
+
+    async def release(self, of: OpenFile, caller: Caller) -> None:
+        try:
+            if of.dirty and of.handles <= 1:
+                await self._upload(of, caller)
+        finally:
+            of.handles -= 1
+            of.node.opens -= 1
+            if of.handles <= 0:
+                self.open_files.pop(of.node.ino, None)
+                of.close_local()
+                self.ns.table.maybe_drop(of.node)
+
+    async def _upload(self, of: OpenFile, caller: Caller) -> None:
+        async with self.ns_lock.shared(), of.lock:
+            if not of.dirty:
+                return
+            node = of.node
+            path = self.ns.path_of(node)
+            if path is None:  # unlinked while open: nothing to keep
+                of.dirty = False
+                return
+            gen, size = of.gen, of.size
+            key = self.key(path)
+            cond: dict[str, Any] = {"if_absent": True} if of.base_etag is None else {"if_match": of.base_etag}
+            try:
+                info, sha = await self._put_local(of, key, size, cond)
+            except PreconditionFailed:
+                await self._keep_conflict(of, path, caller)
+                return
+            entry = node.entry.model_copy(update={
+                "size": size, "etag": info.etag, "sha256": sha,
+                "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
+            })
+            action = "create" if node.pending else "write"
+            await self.commit([self.record(action, PutOp(path=path, entry=entry), caller,
+                                           size=size, sha256=sha)])
+            of.base_etag = info.etag
+            if of.gen == gen:
+                of.dirty = False
+
+    async def _put_local(self, of: OpenFile, key: str, size: int, cond: dict[str, Any]) -> tuple[Any, str]:
+        if size <= SMALL_FILE:
+            data = os.pread(of.fd, size, 0)
+            sha = hashlib.sha256(data).hexdigest() if size < (1 << 20) else await trio.to_thread.run_sync(
+                lambda: hashlib.sha256(data).hexdigest())
+            info = await self._io(self.store.put, key, data, **cond)
+            return info, sha
+        local = str(of.local)
+        sha = await trio.to_thread.run_sync(_sha256_file, local, size)
+        info = await self._io(self.store.put_file, key, local, **cond)
+        return info, sha
+
+    async def _keep_conflict(self, of: OpenFile, path: str, caller: Caller) -> None:
+        """Our upload lost a race: keep our bytes under a visible conflict name."""
+        parent_path, name = split(path)
+        stem, dot, ext = name.rpartition(".")
+        if not stem:
+            stem, dot, ext = name, "", ""
+        agent = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in (caller.agent or self.agent))[:40]
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for n in range(100):
+            suffix = f".conflict-{agent}-{stamp}" + (f"-{n}" if n else "")
+            cname = f"{stem}{suffix}{dot}{ext}"[:MAX_NAME]
+            cpath = join(parent_path, cname)
+            try:
+                info, sha = await self._put_local(of, self.key(cpath), of.size, {"if_absent": True})
+                break
+            except PreconditionFailed:
+                continue
+        else:
+            raise AlreadyExists("could not find a free conflict name", path=path)
+        now = time.time_ns()
+        note = f'{{"of": "{path}", "agent": "{caller.agent or self.agent}", "time": {time.time():.3f}}}'
+        entry = Entry(kind="f", mode=of.node.entry.mode, uid=caller.uid, gid=caller.gid, mtime_ns=now,
+                      ctime_ns=now, size=of.size, etag=info.etag, sha256=sha,
+                      xattrs={"user.agentfs.conflict": encode_xattr(note.encode())})
+        await self.commit([self.record("conflict", PutOp(path=cpath, entry=entry), caller, of=path,
+                                       size=of.size, sha256=sha)])
+        log.warning("workspace %s: write to %s lost a race with another writer; kept as %s",
+                    self.name, path, cpath)
+        of.dirty = False
+        # From now on this handle continues from the winner's version.
+        cur = self.ns.resolve(path)
+        of.base_etag = cur.entry.etag if cur is not None else None
+
+    async def fsync(self, of: OpenFile, caller: Caller) -> None:
+        await self.flush(of, caller)
+
+    # -- changing attributes ----------------------------------------------------
+
+    async def setattr(self, node: Node, caller: Caller, *, mode: int | None = None,
+                      uid: int | None = None, gid: int | None = None, size: int | None = None,
+                      mtime_ns: int | None = None, of: OpenFile | None = None) -> None:
+        self._writable()
+        if size is not None:
+            if node.entry.kind == "d":
+                raise IsADirectory()
+            own = of is None
+            if own:
+                of = await self.open(node, write=True, truncate=False, append=False, caller=caller)
+            assert of is not None
+            try:
+                await self.truncate(of, size)
+                if own:
+                    await self.flush(of, caller)
+            finally:
+                if own:
+                    await self.release(of, caller)
+        upd: dict[str, Any] = {}
+        if mode is not None:
+            upd["mode"] = mode & 0o7777
+        if uid is not None:
+            upd["uid"] = uid
+        if gid is not None:
+            upd["gid"] = gid
+        if mtime_ns is not None:
+            upd["mtime_ns"] = mtime_ns
+            o = self.open_files.get(node.ino)
+            if o is not None:
+                o.mtime_ns = mtime_ns
+        if not upd:
+            return
+        upd["ctime_ns"] = time.time_ns()
+        await self._update_entry(node, upd, "setattr", caller)
+
+    async def _update_entry(self, node: Node, upd: dict[str, Any], action: str, caller: Caller,
+                            **detail: Any) -> None:
+        async with self.ns_lock.shared():
+            new = node.entry.model_copy(update=upd)
+            if node.pending:
+                node.entry = new  # committed with the data on first flush
+                return
+            path = self._path(node)
+            await self.commit([self.record(action, PutOp(path=path, entry=new), caller, **detail)])
+
+    # -- xattrs -------------------------------------------------------------------
+
+    @staticmethod
+    def _check_xattr_name(name: str) -> None:
+        if not name.startswith("user."):
+            raise NotSupported("only user.* extended attributes are supported")
+        if len(name.encode()) > MAX_XATTR_NAME or name == "user.":
+            raise NameTooLong("xattr name too long") if name != "user." else InvalidArgument("empty xattr name")
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        v = node.entry.xattrs.get(name)
+        if v is None:
+            raise NoAttribute(path=name)
+        return decode_xattr(v)
+
+    def listxattr(self, node: Node) -> list[str]:
+        return sorted(node.entry.xattrs)
+
+    async def setxattr(self, node: Node, name: str, value: bytes, caller: Caller) -> None:
+        self._writable()
+        self._check_xattr_name(name)
+        if len(value) > MAX_XATTR_VALUE:
+            raise TooBig("xattr value larger than 64 KiB")
+        xattrs = {**node.entry.xattrs, name: encode_xattr(value)}
+        await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "setxattr",
+                                 caller, name=name, size=len(value))
+
+    async def removexattr(self, node: Node, name: str, caller: Caller) -> None:
+        self._writable()
+        if name not in node.entry.xattrs:
+            raise NoAttribute(path=name)
+        xattrs = {k: v for k, v in node.entry.xattrs.items() if k != name}
+        await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "removexattr",
+                                 caller, name=name)
+
+    # -- removing -------------------------------------------------------------------
+
+    async def unlink(self, parent: Node, name: str, caller: Caller) -> None:
+        self._writable()
+        async with self.ns_lock.exclusive():
+            node = self.lookup(parent, name)
+            if node.children is not None:
+                raise IsADirectory()
+            of = self.open_files.get(node.ino)
+            if of is not None:
+                # Open elsewhere: keep a local copy so the fd stays readable.
+                await self._ensure_local(of)
+            if node.pending:
+                self.ns.detach(node)
+                return
+            path = self._path(node)
+            await self.commit([self.record("delete", DelOp(path=path), caller),
+                               *await self._touch_dir(parent, caller)])
+            if node.entry.kind == "f" and node.entry.etag is not None:
+                await self._delete_keys([self.key(path)])
+
+    async def rmdir(self, parent: Node, name: str, caller: Caller) -> None:
+        self._writable()
+        async with self.ns_lock.exclusive():
+            node = self.lookup(parent, name)
+            if node.children is None:
+                raise NotADirectory()
+            if node.children:
+                raise NotEmpty(path=name)
+            path = self._path(node)
+            await self.commit([self.record("rmdir", DelOp(path=path), caller),
+                               *await self._touch_dir(parent, caller)])
+
+    async def _delete_keys(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        async with trio.open_nursery() as nursery:
+            for k in keys:
+                nursery.start_soon(self._io, self.store.delete, k)
+
+    # -- rename ---------------------------------------------------------------------
+
+    async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
+                     caller: Caller, *, noreplace: bool = False) -> None:
+        self._writable()
+        check_name(new_name)
+        of = self.open_files.get(self.lookup(old_parent, old_name).ino)
+        if of is not None and of.dirty:
+            # A file never uploaded (or changed since) reaches the store first,
+            # so the rename moves committed bytes.
+            await self._upload(of, caller)
+        async with self.ns_lock.exclusive():
+            src = self.lookup(old_parent, old_name)
+            if new_parent.children is None:
+                raise NotADirectory()
+            dst = new_parent.children.get(new_name)
+            if dst is src:
+                return
+            if noreplace and dst is not None:
+                raise AlreadyExists(path=new_name)
+            # Moving a directory into its own subtree.
+            n: Node | None = new_parent
+            while n is not None:
+                if n is src:
+                    raise InvalidArgument("cannot move a directory into itself")
+                n = n.parent
+            if dst is not None:
+                if src.children is not None and dst.children is None:
+                    raise NotADirectory()
+                if src.children is None and dst.children is not None:
+                    raise IsADirectory()
+                if dst.children:
+                    raise NotEmpty(path=new_name)
+            src_path = self._path(src)
+            dst_path = join(self._path(new_parent), new_name)
+            if dst is not None and dst.ino in self.open_files:
+                # The replaced file stays readable through its open fds.
+                await self._ensure_local(self.open_files[dst.ino])
+            # 1. copy every committed file to its new natural key
+            moves: list[tuple[str, Node]] = [("", src), *self.ns.walk(src)]
+            files = [(rel, n) for rel, n in moves
+                     if n.entry.kind == "f" and n.entry.etag is not None and not n.pending]
+            etags: dict[str, str] = {}
+
+            async def copy_one(rel: str, n: Node) -> None:
+                old_key = self.key(join(src_path, rel) if rel else src_path)
+                new_key = self.key(join(dst_path, rel) if rel else dst_path)
+                info = await self._io(self.store.copy, old_key, new_key)
+                etags[rel] = info.etag
+
+            async with trio.open_nursery() as nursery:
+                for rel, n in files:
+                    nursery.start_soon(copy_one, rel, n)
+            old_etags = {rel: n.entry.etag for rel, n in files}
+            # 2. one commit: the rename is atomic as seen through the mount
+            records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller)]
+            records += await self._touch_dir(old_parent, caller)
+            if new_parent is not old_parent:
+                records += await self._touch_dir(new_parent, caller)
+            await self.commit(records)
+            # Open working copies now derive from the copied versions.
+            for rel, n in files:
+                of = self.open_files.get(n.ino)
+                if of is not None and of.base_etag == old_etags[rel]:
+                    of.base_etag = etags.get(rel)
+            # 3. the old keys are garbage now
+            await self._delete_keys(self.key(join(src_path, rel) if rel else src_path) for rel, _ in files)
+
+    # -- whole-workspace operations ---------------------------------------------------
+
+    async def sync(self, caller: Caller) -> None:
+        """Flush every dirty open file."""
+        for of in list(self.open_files.values()):
+            if of.dirty:
+                await self._upload(of, caller)
+
+    async def scan(self, *, now: float | None = None) -> int:
+        """Reconcile the natural keys with the journal (adoption of external writes).
+
+        Objects nobody committed are adopted after ``ADOPT_GRACE`` seconds as
+        external writes; leftovers of a crashed agentfs operation (tombstoned
+        keys) are deleted; a committed file whose object vanished twice in a
+        row is recorded as externally deleted.  Returns the number of records.
+        """
+        if self.read_only:
+            return 0
+        now = now or time.time()
+        prefix = self.key("")
+        objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
+        caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
+        records: list[Record] = []
+        leftovers: list[str] = []
+        for path, o in objects.items():
+            if not path or path.endswith("/"):
+                continue  # directory marker objects from other tools
+            try:
+                for part in path.split("/"):
+                    check_name(part)
+            except (BadName, NameTooLong):
+                log.warning("workspace %s: cannot adopt object with invalid name %r", self.name, path)
+                continue
+            node = self.ns.resolve(path)
+            if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
+                continue
+            if node is not None and (node.pending or node.ino in self.open_files):
+                continue
+            if now - o.mtime < ADOPT_GRACE:
+                continue  # maybe an upload whose commit is on its way
+            tomb = self.ns.tombstones.get(path)
+            if node is None and tomb is not None and o.mtime <= tomb + 1:
+                leftovers.append(o.key)
+                continue
+            if node is not None and node.entry.kind != "f":
+                log.warning("workspace %s: object %s shadows a %s; not adopted", self.name, path,
+                            "directory" if node.is_dir else "symlink")
+                continue
+            mtime = int(o.mtime * 1e9)
+            base = node.entry if node is not None else Entry(kind="f", mode=0o644, uid=os.getuid(), gid=os.getgid())
+            entry = base.model_copy(update={"size": o.size, "etag": o.etag, "sha256": None,
+                                            "mtime_ns": mtime, "ctime_ns": mtime})
+            records.append(self.record("external-write", PutOp(path=path, entry=entry), caller,
+                                       size=o.size, etag=o.etag))
+        seen_missing: set[str] = set()
+        for path, node in list(self.ns.walk()):
+            if node.entry.kind == "f" and node.entry.etag is not None and not node.pending and path not in objects:
+                if node.ino in self.open_files:
+                    continue
+                if path in self._missing_seen:
+                    records.append(self.record("external-delete", DelOp(path=path), caller))
+                else:
+                    seen_missing.add(path)
+        self._missing_seen = seen_missing
+        if records:
+            await self.commit(records)
+            log.info("workspace %s: adopted %d external changes", self.name, len(records))
+        if leftovers:
+            await self._delete_keys(leftovers)
+            log.info("workspace %s: removed %d leftover objects", self.name, len(leftovers))
+        return len(records)
+
+
+def _sha256_file(path: str, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        remaining = size
+        while remaining > 0:
+            chunk = f.read(min(8 << 20, remaining))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The most meaningful error inside an exception group (nurseries wrap errors)."""
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _first_error(e)
+        return e
+    return OSError(errno.EIO, "unknown error")
+
