@@ -24,6 +24,8 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agentfs.errors import InvalidArgument
+
 __all__ = ["MULTIPART_THRESHOLD", "ObjectInfo", "ObjectStore"]
 
 #: Files at least this large are uploaded in parts by ``put_file``.
@@ -130,3 +132,49 @@ class ObjectStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is unusable afterwards."""
+
+    # -- helpers shared by every backend (not part of the abstract interface) --
+
+    @staticmethod
+    def check_key(key: str) -> str:
+        """Return ``key`` if it is a valid object key, else raise InvalidArgument.
+
+        A key is a non-empty ``/``-separated relative path: no leading or
+        trailing ``/``, no empty, ``.`` or ``..`` component, no NUL.  Every
+        backend enforces the same rule so that a key valid on one store is
+        valid on all of them (a local directory cannot hold ``a//b``).
+        """
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument("empty object key")
+        if "\0" in key:
+            raise InvalidArgument("object key contains NUL", path=repr(key))
+        if key.startswith("/") or key.endswith("/"):
+            raise InvalidArgument("object key must not start or end with '/'", path=key)
+        for part in key.split("/"):
+            if part in ("", ".", ".."):
+                raise InvalidArgument("object key has an empty, '.' or '..' component", path=key)
+        return key
+
+    @staticmethod
+    def check_prefix(prefix: str, *, directory: bool = False) -> str:
+        """Return ``prefix`` if it is a valid listing prefix, else raise InvalidArgument.
+
+        A prefix is ``""`` or the beginning of a valid key (it may end in ``/``
+        or in the middle of a name).  With ``directory`` (for ``list_dirs``) a
+        non-empty prefix must end in ``/``.
+        """
+        if not isinstance(prefix, str):
+            raise InvalidArgument("listing prefix must be a string")
+        if not prefix:
+            return prefix
+        if directory and not prefix.endswith("/"):
+            raise InvalidArgument("directory prefix must be empty or end in '/'", path=prefix)
+        if "\0" in prefix or prefix.startswith("/"):
+            raise InvalidArgument("invalid listing prefix", path=repr(prefix))
+        parts = prefix.split("/")
+        # the last part may be a partial name (or "" when prefix ends in "/")
+        for part in parts[:-1]:
+            if part in ("", ".", ".."):
+                raise InvalidArgument("listing prefix has an empty, '.' or '..' component",
+                                      path=prefix)
+        return prefix

@@ -1,0 +1,609 @@
+"""An object store on S3 (or any S3-compatible service) through s3fs.
+
+This is the only module that imports s3fs, aiobotocore or botocore.
+
+Configuration: ``S3Store(bucket, prefix, endpoint_url=...)``; without
+``endpoint_url`` the environment's ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL`` is honoured.  Credentials and region come from the
+standard AWS chain (environment, profile, instance role); they never appear in
+:attr:`url` or in error messages.
+
+Retries: botocore owns them (standard mode, ``max_attempts`` tries with
+backoff, bounded connect/read timeouts); s3fs's own retry loop is turned down
+to a single attempt so the two never multiply.  The only retry here is the
+resumption of a response *body* that broke mid-stream, which botocore cannot
+retry: it resumes at the same offset pinned to the same ETag.
+
+Fork safety: the ``S3FileSystem`` is created lazily on first use, and again in
+a forked child, because fsspec's event loop does not survive ``fork``.
+
+Error contract (one table, :func:`_map_error`, by exception class, then S3
+error code, then HTTP status):
+
+- missing key (``NoSuchKey``, 404) -> NotFound;
+- failed condition (412 ``PreconditionFailed``, 409
+  ``ConditionalRequestConflict``) -> PreconditionFailed; a conditional write
+  on a missing key (404) -> PreconditionFailed as well;
+- connection errors, timeouts, throttling and 5xx (after botocore's retries)
+  -> StoreUnavailable;
+- anything else -> StoreError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import email.utils
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+import botocore.exceptions as bex
+import fsspec.asyn
+import s3fs
+
+from agentfs.errors import (
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreUnavailable,
+)
+from agentfs.store.base import MULTIPART_THRESHOLD, ObjectInfo, ObjectStore
+
+try:  # aiobotocore's default HTTP backend
+    import aiohttp
+
+    _AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError,)
+except ImportError:  # pragma: no cover - other HTTP backends
+    _AIOHTTP_ERRORS = ()
+
+__all__ = ["S3Store"]
+
+log = logging.getLogger(__name__)
+
+#: Default size of one uploaded part (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts).
+PART_SIZE = 16 * 1024 * 1024
+#: S3's limit for a single CopyObject; larger objects are copied in parts.
+COPY_THRESHOLD = 5 * 1024**3
+COPY_PART_SIZE = 512 * 1024**2
+MAX_PARTS = 10_000
+_CHUNK = 1024 * 1024
+#: Attempts to read one response body (a broken stream is resumed, pinned to its ETag).
+_BODY_ATTEMPTS = 3
+
+#: Exceptions meaning "could not talk to the store".
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSLError, proxy
+    bex.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
+    bex.IncompleteReadError,
+    ConnectionError,
+    TimeoutError,  # socket.timeout, asyncio.TimeoutError, fsspec FSTimeoutError
+    asyncio.TimeoutError,
+    *_AIOHTTP_ERRORS,
+)
+
+
+class _RangeNotSatisfiable(StoreError):
+    """416: a byte range starting at or past the end of the object."""
+
+
+#: S3 error code -> error class.  Consulted before the HTTP status.
+_BY_CODE: dict[str, type[StoreError] | type[NotFound]] = {
+    "NoSuchKey": NotFound,
+    "NotFound": NotFound,
+    "PreconditionFailed": PreconditionFailed,
+    "ConditionalRequestConflict": PreconditionFailed,
+    "InvalidRange": _RangeNotSatisfiable,
+    # A missing bucket or upload is a configuration/protocol problem, not a missing key.
+    "NoSuchBucket": StoreError,
+    "NoSuchUpload": StoreError,
+    "SlowDown": StoreUnavailable,
+    "ServiceUnavailable": StoreUnavailable,
+    "InternalError": StoreUnavailable,
+    "RequestTimeout": StoreUnavailable,
+    "Throttling": StoreUnavailable,
+}
+#: HTTP status -> error class, when the code is not in :data:`_BY_CODE`.
+_BY_STATUS: dict[int, type[StoreError] | type[NotFound]] = {
+    404: NotFound,
+    412: PreconditionFailed,
+    416: _RangeNotSatisfiable,
+    429: StoreUnavailable,
+}
+
+
+def _client_error(exc: BaseException) -> bex.ClientError | None:
+    """The botocore ClientError behind ``exc`` (s3fs re-raises them translated)."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 5:
+        if isinstance(e, bex.ClientError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _map_error(exc: BaseException, op: str, where: str,
+               scrub: Callable[[str], str] = lambda s: s) -> Exception:
+    """Translate any exception from s3fs/botocore into the agentfs error tree.
+
+    The one error table of this module: by exception class, then S3 error
+    code, then HTTP status.  Messages are one line and never contain credentials.
+    """
+    if isinstance(exc, InvalidArgument | NotFound | StoreError):
+        return exc
+    ce = _client_error(exc)
+    if ce is not None:
+        err = ce.response.get("Error", {}) or {}
+        code = str(err.get("Code", "") or "")
+        status = int(ce.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        cls = _BY_CODE.get(code) or _BY_STATUS.get(status)
+        if cls is None:
+            cls = StoreUnavailable if status >= 500 else StoreError
+        if cls is NotFound:
+            return NotFound("no such object", path=where)
+        if cls is PreconditionFailed:
+            return PreconditionFailed(f"precondition failed ({status} {code})", path=where)
+        detail = _one_line(scrub(str(err.get("Message", "") or "")))
+        msg = f"S3 {op} failed: {status} {code}" + (f": {detail}" if detail else "")
+        return cls(msg, path=where)
+    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+        return StoreError(f"S3 {op} failed: no usable AWS credentials found", path=where)
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        detail = _one_line(scrub(f"{type(exc).__name__}: {exc}"))
+        return StoreUnavailable(f"S3 {op} failed: store unreachable ({detail})", path=where)
+    if isinstance(exc, FileNotFoundError):
+        return NotFound("no such object", path=where)
+    detail = _one_line(scrub(f"{type(exc).__name__}: {exc}"))
+    return StoreError(f"S3 {op} failed: {detail}", path=where)
+
+
+def _etag(resp: dict[str, Any]) -> str:
+    return str(resp.get("ETag", "")).strip('"')
+
+
+def _resp_time(resp: dict[str, Any]) -> float:
+    """Server time of a response (its Date header), else local time."""
+    try:
+        date = resp["ResponseMetadata"]["HTTPHeaders"]["date"]
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
+class S3Store(ObjectStore):
+    """:class:`ObjectStore` on ``s3://bucket/prefix``.
+
+    Tunables (instance attributes, lowered by tests): ``multipart_threshold``,
+    ``part_size``, ``max_parallel_parts`` (also the bound on parts held in
+    memory), ``copy_threshold``, ``copy_part_size``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        max_attempts: int = 5,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise InvalidArgument("invalid S3 bucket name", path=bucket)
+        prefix = prefix.strip("/")
+        if prefix:
+            self.check_key(prefix)
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.endpoint_url = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                             or os.environ.get("AWS_ENDPOINT_URL") or None)
+        self.max_attempts = max_attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.multipart_threshold = MULTIPART_THRESHOLD
+        self.part_size = PART_SIZE
+        self.max_parallel_parts = 4
+        self.copy_threshold = COPY_THRESHOLD
+        self.copy_part_size = COPY_PART_SIZE
+        self._fs: s3fs.S3FileSystem | None = None
+        self._fs_pid = 0
+        self._fs_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r})"
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _get_fs(self) -> s3fs.S3FileSystem:
+        pid = os.getpid()
+        fs = self._fs
+        if fs is not None and self._fs_pid == pid:
+            return fs
+        if self._fs_pid != pid:
+            self._fs_lock = threading.Lock()  # a lock held at fork time would never be released
+        with self._fs_lock:
+            if self._fs is None or self._fs_pid != pid:
+                config: dict[str, Any] = {
+                    "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                    "connect_timeout": self.connect_timeout,
+                    "read_timeout": self.read_timeout,
+                }
+                if self.endpoint_url:
+                    # S3-compatible services often reject botocore's default
+                    # CRC checksum headers; send them only where required.
+                    config["request_checksum_calculation"] = "when_required"
+                    config["response_checksum_validation"] = "when_required"
+                fs = s3fs.S3FileSystem(
+                    endpoint_url=self.endpoint_url,
+                    skip_instance_cache=True,
+                    use_listings_cache=False,
+                    config_kwargs=config,
+                )
+                fs.retries = 1  # botocore owns retries
+                self._fs, self._fs_pid = fs, pid
+                log.debug("S3 client for %s created (endpoint %s)", self.url,
+                          self.endpoint_url or "default")
+            return self._fs
+
+    def _scrub(self, text: str) -> str:
+        """Remove anything credential-like we know of from an error message."""
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            secret = os.environ.get(name)
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def _error(self, exc: BaseException, op: str, key: str) -> Exception:
+        return _map_error(exc, op, self._where(key), self._scrub)
+
+    def _call(self, method: str, key: str, **kwargs: Any) -> dict[str, Any]:
+        """One S3 API call (botocore retries inside); errors mapped."""
+        try:
+            return self._get_fs().call_s3(method, Bucket=self.bucket, **kwargs)
+        except Exception as e:
+            raise self._error(e, method, key) from e
+
+    @staticmethod
+    def _range(start: int, end: int | None) -> dict[str, str]:
+        if start == 0 and end is None:
+            return {}
+        return {"Range": f"bytes={start}-" + ("" if end is None else str(end - 1))}
+
+    def _info(self, key: str, resp: dict[str, Any], size: int) -> ObjectInfo:
+        lm = resp.get("LastModified")
+        mtime = lm.timestamp() if lm is not None else _resp_time(resp)
+        return ObjectInfo(key=key, size=size, etag=_etag(resp), mtime=mtime)
+
+    # -- reads -----------------------------------------------------------------
+
+    def _stream(self, key: str, start: int, end: int | None, if_match: str | None,
+                sink: Callable[[bytes], object]) -> dict[str, Any]:
+        """GET ``[start, end)`` of ``key`` into ``sink`` chunk by chunk.
+
+        Returns the first response.  A body that breaks mid-stream is resumed
+        at the current offset, pinned to the ETag of the first response.
+        """
+        k = self.prefix + key
+        fs = self._get_fs()
+        pos = start
+        pin = if_match
+        first: dict[str, Any] | None = None
+        for attempt in range(_BODY_ATTEMPTS):
+            if end is not None and pos >= end:
+                break
+            kw: dict[str, Any] = self._range(pos, end)
+            if pin is not None:
+                kw["IfMatch"] = pin
+            try:
+                resp = self._call("get_object", key, Key=k, **kw)
+            except PreconditionFailed:
+                if first is not None and if_match is None:
+                    raise StoreUnavailable("object changed while its download was resumed",
+                                           path=self._where(key)) from None
+                raise
+            if first is None:
+                first = resp
+                pin = _etag(resp) or pin
+            body = resp["Body"]
+            try:
+                while True:
+                    try:
+                        chunk = fsspec.asyn.sync(fs.loop, body.read, _CHUNK)
+                    except Exception as e:
+                        err = self._error(e, "get_object", key)
+                        if not isinstance(err, StoreUnavailable) or attempt == _BODY_ATTEMPTS - 1:
+                            raise err from e
+                        log.info("S3 download of %s broke at byte %d (%s); resuming",
+                                 key, pos, err)
+                        break
+                    if not chunk:
+                        return first
+                    sink(chunk)  # errors of the sink (local disk) are the caller's
+                    pos += len(chunk)
+            finally:
+                body.close()
+        assert first is not None
+        return first
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        self.check_key(key)
+        if (start is not None and start < 0) or (end is not None and end < 0):
+            raise InvalidArgument("negative byte range", path=key)
+        lo = start or 0
+        if end is not None and end <= lo:
+            self.head(key)  # still NotFound for a missing key
+            return b""
+        parts: list[bytes] = []
+        try:
+            self._stream(key, lo, end, None, parts.append)
+        except _RangeNotSatisfiable:
+            return b""  # range starts at or past the end of an existing object
+        return b"".join(parts)
+
+    def get_to_file(self, key: str, fileobj: BinaryIO, *, if_match: str | None = None) -> ObjectInfo:
+        self.check_key(key)
+        size = 0
+
+        def sink(chunk: bytes) -> None:
+            nonlocal size
+            fileobj.write(chunk)
+            size += len(chunk)
+
+        try:
+            resp = self._stream(key, 0, None, if_match, sink)
+        except _RangeNotSatisfiable:  # pragma: no cover - no Range header is sent
+            raise StoreError("unexpected 416 on a whole-object GET", path=key) from None
+        return self._info(key, resp, size)
+
+    def head(self, key: str) -> ObjectInfo:
+        self.check_key(key)
+        resp = self._call("head_object", key, Key=self.prefix + key)
+        return self._info(key, resp, int(resp.get("ContentLength", 0)))
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        self.check_prefix(prefix)
+        kw: dict[str, Any] = {"Prefix": self.prefix + prefix}
+        if start_after:
+            kw["StartAfter"] = self.prefix + start_after
+        return self._list(prefix, kw)
+
+    def _list(self, prefix: str, kw: dict[str, Any]) -> Iterator[ObjectInfo]:
+        n = len(self.prefix)
+        while True:
+            resp = self._call("list_objects_v2", prefix, **kw)
+            for o in resp.get("Contents", ()):
+                key = o["Key"][n:]
+                try:
+                    self.check_key(key)
+                except InvalidArgument:
+                    # e.g. "dir/" folder markers made by consoles: not representable
+                    log.debug("skipping unrepresentable key %r in %s", o["Key"], self.url)
+                    continue
+                yield ObjectInfo(key=key, size=int(o.get("Size", 0)), etag=_etag(o),
+                                 mtime=o["LastModified"].timestamp())
+            if not resp.get("IsTruncated"):
+                return
+            kw = {**kw, "ContinuationToken": resp["NextContinuationToken"]}
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        self.check_prefix(prefix, directory=True)
+        full = self.prefix + prefix
+        kw: dict[str, Any] = {"Prefix": full, "Delimiter": "/"}
+        out: list[str] = []
+        while True:
+            resp = self._call("list_objects_v2", prefix, **kw)
+            for cp in resp.get("CommonPrefixes", ()):
+                name = cp["Prefix"][len(full):].rstrip("/")
+                if name and name not in (".", ".."):
+                    out.append(name)
+            if not resp.get("IsTruncated"):
+                return out
+            kw["ContinuationToken"] = resp["NextContinuationToken"]
+
+    # -- writes ----------------------------------------------------------------
+
+    @staticmethod
+    def _conditions(key: str, if_absent: bool, if_match: str | None) -> dict[str, str]:
+        if if_absent and if_match is not None:
+            raise InvalidArgument("if_absent and if_match are exclusive", path=key)
+        if if_absent:
+            return {"IfNoneMatch": "*"}
+        if if_match is not None:
+            return {"IfMatch": if_match}
+        return {}
+
+    def _conditional(self, method: str, key: str, cond: dict[str, str],
+                     **kwargs: Any) -> dict[str, Any]:
+        """A write call; a conditional write on a missing key is PreconditionFailed."""
+        try:
+            return self._call(method, key, **cond, **kwargs)
+        except NotFound:
+            if "IfMatch" in cond:
+                raise PreconditionFailed("object does not exist (if_match)",
+                                         path=self._where(key)) from None
+            raise
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False,
+            if_match: str | None = None) -> ObjectInfo:
+        self.check_key(key)
+        cond = self._conditions(key, if_absent, if_match)
+        data = bytes(data)
+        resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=data)
+        return ObjectInfo(key=key, size=len(data), etag=_etag(resp), mtime=_resp_time(resp))
+
+    def put_file(self, key: str, path: str, *, if_absent: bool = False,
+                 if_match: str | None = None) -> ObjectInfo:
+        self.check_key(key)
+        cond = self._conditions(key, if_absent, if_match)
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise StoreError(f"cannot read upload source: {e.strerror or e}", path=path) from e
+        if size < self.multipart_threshold:
+            with open(path, "rb") as f:
+                data = f.read()  # bounded by multipart_threshold
+            resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=data)
+            return ObjectInfo(key=key, size=len(data), etag=_etag(resp), mtime=_resp_time(resp))
+        return self._put_multipart(key, path, size, cond, if_absent, if_match)
+
+    def _precheck(self, key: str, if_absent: bool, if_match: str | None) -> None:
+        """Fail a conditional multipart upload before sending any bytes.
+
+        Only an optimisation: the condition is enforced atomically on completion.
+        """
+        if not if_absent and if_match is None:
+            return
+        try:
+            cur: ObjectInfo | None = self.head(key)
+        except NotFound:
+            cur = None
+        if if_absent and cur is not None:
+            raise PreconditionFailed("object already exists", path=self._where(key))
+        if if_match is not None and (cur is None or cur.etag != if_match):
+            raise PreconditionFailed("object is not the expected version", path=self._where(key))
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        resp = self._call("upload_part", key, Key=self.prefix + key, UploadId=upload_id,
+                          PartNumber=number, Body=data)
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._call("abort_multipart_upload", key, Key=self.prefix + key, UploadId=upload_id)
+        except Exception as e:
+            log.warning("could not abort multipart upload %s of %s: %s",
+                        upload_id, self._where(key), e)
+
+    def _put_multipart(self, key: str, path: str, size: int, cond: dict[str, str],
+                       if_absent: bool, if_match: str | None) -> ObjectInfo:
+        self._precheck(key, if_absent, if_match)
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        width = max(1, self.max_parallel_parts)
+        upload_id = self._call("create_multipart_upload", key, Key=self.prefix + key)["UploadId"]
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=width,
+                                                     thread_name_prefix="agentfs-s3-part")
+        try:
+            parts: list[dict[str, Any]] = []
+            inflight: collections.deque[concurrent.futures.Future[dict[str, Any]]] = \
+                collections.deque()
+            total = 0
+            number = 0
+            with open(path, "rb") as f:
+                while True:
+                    if len(inflight) >= width:  # bound: at most `width` parts in memory
+                        parts.append(inflight.popleft().result())
+                    data = f.read(part_size)
+                    if not data and number > 0:
+                        break
+                    number += 1
+                    total += len(data)
+                    inflight.append(pool.submit(self._upload_part, key, upload_id, number, data))
+                    if len(data) < part_size:
+                        break
+                    del data
+            while inflight:
+                parts.append(inflight.popleft().result())
+            resp = self._conditional("complete_multipart_upload", key, cond,
+                                     Key=self.prefix + key, UploadId=upload_id,
+                                     MultipartUpload={"Parts": parts})
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._abort(key, upload_id)
+            raise
+        pool.shutdown(wait=True)
+        log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), number, total)
+        return ObjectInfo(key=key, size=total, etag=_etag(resp), mtime=_resp_time(resp))
+
+    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
+        self.check_key(src)
+        self.check_key(dst)
+        if src == dst:  # S3 refuses a plain self-copy; the result is the object itself
+            info = self.head(src)
+            if if_match is not None and info.etag != if_match:
+                raise PreconditionFailed("source is not the expected version",
+                                         path=self._where(src))
+            return info
+        for attempt in range(3):
+            info = self.head(src)
+            if if_match is not None and info.etag != if_match:
+                raise PreconditionFailed("source is not the expected version",
+                                         path=self._where(src))
+            try:
+                if info.size > self.copy_threshold:
+                    return self._copy_multipart(src, dst, info)
+                return self._copy_single(src, dst, info, if_match)
+            except PreconditionFailed:
+                if if_match is not None or attempt == 2:
+                    raise
+                log.debug("source %s changed during copy; retrying", src)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _copy_single(self, src: str, dst: str, info: ObjectInfo,
+                     if_match: str | None) -> ObjectInfo:
+        kw: dict[str, Any] = {}
+        if if_match is not None:
+            kw["CopySourceIfMatch"] = if_match
+        resp = self._call("copy_object", src, Key=self.prefix + dst,
+                          CopySource={"Bucket": self.bucket, "Key": self.prefix + src}, **kw)
+        result = resp.get("CopyObjectResult", {})
+        etag = _etag(result)
+        if etag and etag == info.etag:
+            mtime = result["LastModified"].timestamp() if "LastModified" in result \
+                else _resp_time(resp)
+            return ObjectInfo(key=dst, size=info.size, etag=etag, mtime=mtime)
+        return self.head(dst)  # the source changed since our head: ask for the size
+
+    def _copy_multipart(self, src: str, dst: str, info: ObjectInfo) -> ObjectInfo:
+        part_size = max(self.copy_part_size, -(-info.size // MAX_PARTS))
+        upload_id = self._call("create_multipart_upload", dst,
+                               Key=self.prefix + dst)["UploadId"]
+        source = {"Bucket": self.bucket, "Key": self.prefix + src}
+
+        def part(number: int, lo: int) -> dict[str, Any]:
+            hi = min(lo + part_size, info.size) - 1
+            resp = self._call("upload_part_copy", src, Key=self.prefix + dst,
+                              UploadId=upload_id, PartNumber=number, CopySource=source,
+                              CopySourceRange=f"bytes={lo}-{hi}",
+                              CopySourceIfMatch=info.etag)  # every part from one version
+            return {"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]}
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(1, self.max_parallel_parts),
+                    thread_name_prefix="agentfs-s3-copy") as pool:
+                futures = [pool.submit(part, i + 1, lo)
+                           for i, lo in enumerate(range(0, info.size, part_size))]
+                parts = [f.result() for f in futures]
+            resp = self._call("complete_multipart_upload", dst, Key=self.prefix + dst,
+                              UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            self._abort(dst, upload_id)
+            raise
+        return ObjectInfo(key=dst, size=info.size, etag=_etag(resp), mtime=_resp_time(resp))
+
+    def delete(self, key: str) -> None:
+        self.check_key(key)
+        try:
+            self._call("delete_object", key, Key=self.prefix + key)
+        except NotFound:
+            pass
+
+    def close(self) -> None:
+        """Drop the S3 client (its session is closed by s3fs's finalizer)."""
+        self._fs = None
