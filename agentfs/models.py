@@ -57,6 +57,7 @@ class Entry(_Model):
     gid: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+    atime_ns: int | None = None  # only when set explicitly (the mount is noatime)
     size: int = Field(default=0, ge=0)
     etag: str | None = None
     sha256: str | None = None

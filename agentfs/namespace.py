@@ -295,6 +295,9 @@ class Namespace:
         assert dst_parent.children is not None
         old = dst_parent.children.get(dst_name)
         if old is not None and old is not src:
+            if "" not in op.etags:
+                # Nothing was copied over the replaced file's key: it is garbage now.
+                self._tombstone(op.dst, old, when)
             self._unlink(old, ch)
         if src.parent is not None and src.parent.children is not None:
             del src.parent.children[src.name]

@@ -171,8 +171,8 @@ class FileSystem:
     # -- attributes and lookup -------------------------------------------------------
 
     def root_attr(self) -> Attr:
-        return Attr(ROOT_INODE, "d", 0o755, 2 + len(self.workspaces), os.getuid(), os.getgid(), 0,
-                    self.root_mtime_ns, self.root_mtime_ns)
+        t = self.root_mtime_ns
+        return Attr(ROOT_INODE, "d", 0o755, 2 + len(self.workspaces), os.getuid(), os.getgid(), 0, t, t, t)
 
     def getattr(self, ino: int) -> Attr:
         if self._is_top(ino):
@@ -354,14 +354,16 @@ class FileSystem:
             await h.ws.release(h.of, caller)
 
     async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
-                      uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None) -> Attr:
+                      uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None,
+                      atime_ns: int | None = None) -> Attr:
         if self._is_top(ino):
             raise NotPermitted("the mount root cannot be changed")
         node = self.node(ino)
         ws = self._ws(node)
         h = self.handles.get(fh) if fh is not None else None
         of = h.of if h is not None else ws.open_files.get(ino)
-        await ws.setattr(node, caller, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns, of=of)
+        await ws.setattr(node, caller, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns,
+                         atime_ns=atime_ns, of=of)
         return ws.attr(node)
 
     # -- xattrs --------------------------------------------------------------------------

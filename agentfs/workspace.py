@@ -91,8 +91,9 @@ MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 64 * 1024
 #: Files up to this size are uploaded from memory in one request.
 SMALL_FILE = 8 << 20
-#: How long an object must exist unknown to the journal before a scan adopts it.
-ADOPT_GRACE = 30.0
+#: How long an object must exist unknown to the journal before a scan adopts it
+#: (an upload whose commit is still on its way must not be adopted twice).
+ADOPT_GRACE = float(os.environ.get("AGENTFS_ADOPT_GRACE", "30"))
 
 
 def check_name(name: str) -> None:
@@ -129,6 +130,7 @@ class Attr:
     size: int
     mtime_ns: int
     ctime_ns: int
+    atime_ns: int
 
     @property
     def st_mode(self) -> int:
@@ -398,7 +400,8 @@ class Workspace:
             nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
         elif not node.attached:
             nlink = 0
-        return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, mtime, max(e.ctime_ns, mtime))
+        return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, mtime, max(e.ctime_ns, mtime),
+                    e.atime_ns if e.atime_ns is not None else mtime)
 
     def listdir(self, node: Node) -> list[tuple[str, Node]]:
         if node.children is None:
@@ -673,7 +676,8 @@ class Workspace:
 
     async def setattr(self, node: Node, caller: Caller, *, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None, size: int | None = None,
-                      mtime_ns: int | None = None, of: OpenFile | None = None) -> None:
+                      mtime_ns: int | None = None, atime_ns: int | None = None,
+                      of: OpenFile | None = None) -> None:
         self._writable()
         if size is not None:
             if node.entry.kind == "d":
@@ -701,6 +705,8 @@ class Workspace:
             o = self.open_files.get(node.ino)
             if o is not None:
                 o.mtime_ns = mtime_ns
+        if atime_ns is not None:
+            upd["atime_ns"] = atime_ns
         if not upd:
             return
         upd["ctime_ns"] = time.time_ns()
@@ -857,8 +863,11 @@ class Workspace:
                 of = self.open_files.get(n.ino)
                 if of is not None and of.base_etag == old_etags[rel]:
                     of.base_etag = etags.get(rel)
-            # 3. the old keys are garbage now
-            await self._delete_keys(self.key(join(src_path, rel) if rel else src_path) for rel, _ in files)
+            # 3. the old keys are garbage now (and the replaced file's, unless a copy took it)
+            garbage = [self.key(join(src_path, rel) if rel else src_path) for rel, _ in files]
+            if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
+                garbage.append(self.key(dst_path))
+            await self._delete_keys(garbage)
 
     # -- whole-workspace operations ---------------------------------------------------
 

@@ -89,7 +89,7 @@ def _entry(a: Attr) -> pyfuse3.EntryAttributes:
     e.st_size = a.size
     e.st_blksize = 128 * 1024
     e.st_blocks = (a.size + 511) // 512
-    e.st_atime_ns = a.mtime_ns
+    e.st_atime_ns = a.atime_ns
     e.st_mtime_ns = a.mtime_ns
     e.st_ctime_ns = a.ctime_ns
     return e
@@ -150,6 +150,7 @@ class Operations(pyfuse3.Operations):
             gid=attr.st_gid if fields.update_gid else None,
             size=attr.st_size if fields.update_size else None,
             mtime_ns=mtime,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
         )
         return _entry(a)
 
