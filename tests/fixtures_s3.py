@@ -2,7 +2,7 @@
 
 Fixtures:
 
-- ``moto_endpoint`` (session): starts ``moto.server.ThreadedMotoServer`` on a
+- ``moto_endpoint`` (session): starts ``python -m moto.server`` on a
   free port and points the process environment at it (``AWS_ENDPOINT_URL``,
   fake credentials, region), so stores opened in this process *and* mount
   daemons started as subprocesses (which inherit ``os.environ``) use it.
@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -38,17 +43,37 @@ MOTO_ENV = {
 _CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_SECURITY_TOKEN")
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server running in this process for the whole session."""
-    from moto.server import ThreadedMotoServer
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    log.info("moto S3 server at %s", endpoint)
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto S3 server (a subprocess, stopped by its PID) for the session.
+
+    Not a thread of the test process: a test that mmaps a file on the mount
+    takes page faults whose FUSE reads need the S3 server, and a server thread
+    inside the faulting process can deadlock on that process's memory lock.
+    """
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    logf = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(logf, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start: {logf.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+    log.info("moto S3 server at %s (pid %d)", endpoint, proc.pid)
     env = {**MOTO_ENV, "AWS_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in (*env, *_CLEARED)}
     os.environ.update(env)
@@ -62,7 +87,12 @@ def moto_endpoint() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
