@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -108,6 +109,7 @@ class Commit(_Model):
 
     v: int = FORMAT_VERSION
     seq: int = Field(ge=1)
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     time: float = Field(default_factory=time.time)
     mount: str = ""
     host: str = ""

@@ -314,6 +314,11 @@ class Workspace:
 
     async def pull(self) -> int:
         """Apply commits other mounts made since our position; returns how many."""
+        async with self._commit_lock:
+            return await self._pull_locked()
+
+    async def _pull_locked(self) -> int:
+        # Callers hold _commit_lock: the position only moves under it.
         n = 0
         while True:
             try:
@@ -358,7 +363,13 @@ class Workspace:
             if await self._io(self.journal.append, c):
                 self._apply(c, notify=False)
                 break
-            await self.pull()
+            # The number is taken: by another mount, or by this very commit when
+            # a retried request had in fact succeeded.
+            theirs = await self._io(self.journal.fetch, seq)
+            if theirs is not None and theirs.id == c.id:
+                self._apply(c, notify=False)
+                break
+            await self._pull_locked()
         if seq - self._last_state_seq >= COMPACT_EVERY:
             await self.compact()
 
