@@ -69,6 +69,7 @@ class FileHandle:
     ws: Workspace
     of: OpenFile
     write: bool
+    caller: Caller  # who opened it: flush/release carry no caller of their own
 
 
 class FileSystem:
@@ -305,7 +306,7 @@ class FileSystem:
         if flags & os.O_APPEND:
             of.append_handles += 1
         fh = next(self._fh)
-        self.handles[fh] = FileHandle(ws, of, True)
+        self.handles[fh] = FileHandle(ws, of, True, caller)
         return fh, ws.attr(node)
 
     async def open(self, ino: int, flags: int, caller: Caller) -> tuple[int, bool]:
@@ -319,7 +320,7 @@ class FileSystem:
         of = await ws.open(node, write=write, truncate=bool(flags & os.O_TRUNC),
                            append=bool(flags & os.O_APPEND), caller=caller)
         fh = next(self._fh)
-        self.handles[fh] = FileHandle(ws, of, write)
+        self.handles[fh] = FileHandle(ws, of, write, caller)
         etag = node.entry.etag
         keep = of.fd >= 0 or self._kept_etag.get(ino, "-") == etag
         self._kept_etag[ino] = etag
@@ -339,19 +340,19 @@ class FileSystem:
         h = self._h(fh)
         return await h.ws.write(h.of, off, data)
 
-    async def flush(self, fh: int, caller: Caller) -> None:
+    async def flush(self, fh: int) -> None:
         h = self._h(fh)
-        await h.ws.flush(h.of, caller)
+        await h.ws.flush(h.of, h.caller)
 
-    async def fsync(self, fh: int, caller: Caller) -> None:
+    async def fsync(self, fh: int) -> None:
         h = self._h(fh)
-        await h.ws.fsync(h.of, caller)
+        await h.ws.fsync(h.of, h.caller)
 
-    async def release(self, fh: int, caller: Caller) -> None:
+    async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
         if h is not None:
             self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
-            await h.ws.release(h.of, caller)
+            await h.ws.release(h.of, h.caller)
 
     async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
                       uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None,

@@ -563,8 +563,11 @@ class Workspace:
         bf = self.cache.blockfile(key, e.etag, e.size)
         try:
             return await self.cache.read(bf, off, size, self._fetcher(key, e.etag))
-        except BaseExceptionGroup as eg:
-            raise _first_error(eg) from None
+        except (NotFound, BaseExceptionGroup) as raw:
+            err = _first_error(raw) if isinstance(raw, BaseExceptionGroup) else raw
+            if isinstance(err, NotFound):
+                raise Stale("the object vanished from the store", path=key) from None
+            raise err from None
 
     async def write(self, of: OpenFile, off: int, data: bytes) -> int:
         self._writable()

@@ -208,15 +208,15 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def flush(self, fh):
-        await self.fs.flush(fh, Caller.current(self.fs.agent))
+        await self.fs.flush(fh)
 
     @boundary
     async def release(self, fh):
-        await self.fs.release(fh, Caller.current(self.fs.agent))
+        await self.fs.release(fh)
 
     @boundary
     async def fsync(self, fh, datasync):
-        await self.fs.fsync(fh, Caller.current(self.fs.agent))
+        await self.fs.fsync(fh)
 
     @boundary
     async def opendir(self, inode, ctx):
