@@ -170,7 +170,12 @@ class WorkspaceClient:
             node = self._node(path)
             if node.is_dir:
                 raise IsADirectory(path=path)
-            return await self._w.read(node, 0, self._w.attr(node).size)
+            chunks = []
+            off = 0
+            while chunk := await self._w.read(node, off, 8 << 20, follow_changes=True):
+                chunks.append(chunk)
+                off += len(chunk)
+            return b"".join(chunks)
         return self._run(go)
 
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -340,7 +345,7 @@ class _RawFile(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         async def go() -> bytes:
-            return await self._c._w.read(self._of, self._pos, len(b))
+            return await self._c._w.read(self._of, self._pos, len(b), follow_changes=True)
         data = self._c._run(go)
         b[: len(data)] = data
         self._pos += len(data)

@@ -126,7 +126,7 @@ def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repa
             report.workspaces.append(await _check_ws(store, name, repair, tmp))
 
     trio.run(main)
-    temp = [o.key for o in store.list(".agentfs-tmp/")]
+    temp = [o.key for o in store.list(".agentfs-tmp/") if not o.key.startswith(".agentfs-tmp/locks/")]
     if temp:
         report.notices.append(f"{len(temp)} temporary objects in .agentfs-tmp/")
         if repair:

@@ -173,7 +173,7 @@ class Namespace:
         self.root.entry = state.entries.get("", self.root.entry)
         for path in sorted(state.entries, key=lambda p: (p.count("/"), p)):
             if path:
-                self._put(path, state.entries[path], Changes())
+                self._put(path, state.entries[path], Changes(), state.entries[path].mtime_ns / 1e9)
         self.tombstones = dict(state.tombstones)
         self.seq = state.seq
 
@@ -202,7 +202,7 @@ class Namespace:
         """Apply one journal operation; never raises on a well-formed op."""
         ch = Changes()
         if isinstance(op, PutOp):
-            self._put(op.path, op.entry, ch)
+            self._put(op.path, op.entry, ch, when)
             self.tombstones.pop(op.path, None)
         elif isinstance(op, DelOp):
             node = self.resolve(op.path)
@@ -213,7 +213,7 @@ class Namespace:
             self._move(op, when, ch)
         return ch
 
-    def _ensure_dir(self, path: str, ch: Changes) -> Node:
+    def _ensure_dir(self, path: str, ch: Changes, when: float) -> Node:
         node = self.root
         if not path:
             return node
@@ -223,7 +223,9 @@ class Namespace:
             if nxt is None or nxt.children is None:
                 if nxt is not None:
                     self._unlink(nxt, ch)
-                entry = Entry(kind="d", mode=0o755, mtime_ns=time.time_ns(), ctime_ns=time.time_ns())
+                # Times come from the record, so every mount builds the same tree.
+                t = int(when * 1e9)
+                entry = Entry(kind="d", mode=0o755, mtime_ns=t, ctime_ns=t)
                 nxt = Node(self, self.table.alloc(), part, node, entry)
                 node.children[part] = nxt
                 self.table.nodes[nxt.ino] = nxt
@@ -231,13 +233,13 @@ class Namespace:
             node = nxt
         return node
 
-    def _put(self, path: str, entry: Entry, ch: Changes) -> Node:
+    def _put(self, path: str, entry: Entry, ch: Changes, when: float = 0.0) -> Node:
         if not path:
             self.root.entry = entry
             ch.inodes.add(self.root.ino)
             return self.root
         parent_path, name = split(path)
-        parent = self._ensure_dir(parent_path, ch)
+        parent = self._ensure_dir(parent_path, ch, when)
         assert parent.children is not None
         node = parent.children.get(name)
         if node is not None and (node.entry.kind == entry.kind):
@@ -291,7 +293,7 @@ class Namespace:
             return
         self._tombstone(op.src, src, when)
         dst_parent_path, dst_name = split(op.dst)
-        dst_parent = self._ensure_dir(dst_parent_path, ch)
+        dst_parent = self._ensure_dir(dst_parent_path, ch, when)
         assert dst_parent.children is not None
         old = dst_parent.children.get(dst_name)
         if old is not None and old is not src:
@@ -310,9 +312,9 @@ class Namespace:
         ch.inodes.add(dst_parent.ino)
         moved = [("", src), *((p, n) for p, n in self.walk(src))]
         for rel, n in moved:
-            newpath = join(op.dst, rel) if rel else op.dst
-            self.tombstones.pop(newpath, None)
             etag = op.etags.get(rel)
             if etag is not None and n.entry.kind == "f":
+                # This key was rewritten by the rename's copy: it is live again.
+                self.tombstones.pop(join(op.dst, rel) if rel else op.dst, None)
                 n.entry = n.entry.model_copy(update={"etag": etag})
                 ch.inodes.add(n.ino)

@@ -146,7 +146,7 @@ class FileSystem:
                            agent=self.agent, mount_id=self.mount_id, read_only=self.read_only,
                            root_ino=root_ino)
             ws.ns.owner = ws
-            await ws.load(create=create)
+            await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
             self.workspaces[name] = ws
             self.known_names.add(name)

@@ -91,6 +91,7 @@ MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 64 * 1024
 #: Files up to this size are uploaded from memory in one request.
 SMALL_FILE = 8 << 20
+_RETRY = object()
 #: How long an object must exist unknown to the journal before a scan adopts it
 #: (an upload whose commit is still on its way must not be adopted twice).
 ADOPT_GRACE = float(os.environ.get("AGENTFS_ADOPT_GRACE", "30"))
@@ -285,9 +286,12 @@ class Workspace:
         await ws.load(create=create)
         return ws
 
-    async def load(self, *, create: bool = True) -> None:
+    async def load(self, *, create: bool = True, verify: bool = False) -> None:
         """Read the latest state and the commits after it; create the journal
-        of a new workspace (adopting what already sits at its natural keys)."""
+        of a new workspace.  With ``verify`` (a mount), also list the natural
+        keys and adopt at once every committed file whose object is another
+        version (a writer that crashed between upload and commit), so no reader
+        sees bytes that disagree with the size the journal gives."""
         state = await self._io(self.journal.latest_state)
         if state is not None:
             self.ns.load_state(state)
@@ -295,6 +299,8 @@ class Workspace:
         commits = await self._io(self.journal.commits_after, self.ns.seq)
         for c in commits:
             self._apply(c, notify=False)
+        if verify and self.ns.seq > 0 and not self.read_only:
+            await self.scan(changed_now=True)
         if self.ns.seq == 0:
             if not create:
                 raise NotFound("no such workspace", path=self.name)
@@ -510,6 +516,8 @@ class Workspace:
         if write:
             self._writable()
         of = self._open_file(node)
+        if of.fd < 0:
+            of.base_etag = node.entry.etag  # a new opener starts from the current version
         of.handles += 1
         node.opens += 1
         if append:
@@ -524,50 +532,110 @@ class Workspace:
 
     async def _ensure_local(self, of: OpenFile) -> None:
         """Give the file a complete local working copy (before a modification)."""
-        if of.fd >= 0:
-            return
-        e = of.node.entry
-        if e.etag is None or e.size == 0:
-            self._make_local(of, b"")
-            of.base_etag = e.etag
-            return
-        key = self.key(self._path(of.node))
-        bf = self.cache.blockfile(key, e.etag, e.size)
-        await self.cache.fill(bf, self._fetcher(key, e.etag))
-        if of.fd >= 0:  # another task won the race while we fetched
-            return
-        self._make_local(of, None, self.cache.take(bf))
-        of.base_etag = e.etag
-        of.size = e.size
+        for _ in range(3):
+            if of.fd >= 0:
+                return
+            e = of.node.entry
+            if e.etag is None or e.size == 0:
+                self._make_local(of, b"")
+                return
+            key = self.key(self._path(of.node))
+            bf = self.cache.blockfile(key, e.etag, e.size)
+            if await self._pinned(of.node, key, self.cache.fill(bf, self._fetcher(key, e.etag))) is not _RETRY:
+                if of.fd >= 0:  # another task won the race while we fetched
+                    return
+                # base_etag stays the version seen at open: if the file changed
+                # since, the upload fails its condition and becomes a conflict copy.
+                self._make_local(of, None, self.cache.take(bf))
+                of.size = e.size
+                return
+        raise Stale("the file keeps changing in the store", path=self.ns.path_of(of.node))
 
     def _fetcher(self, key: str, etag: str) -> Callable[[int, int], Any]:
+        """Ranged GETs pinned to the committed version ``etag``."""
         async def fetch(start: int, end: int) -> bytes:
-            return await self._io(self.store.get, key, start, end)
+            data = await self._io(self.store.get, key, start, end, if_match=etag)
+            if len(data) != end - start:
+                raise PreconditionFailed("object is shorter than its committed size", path=key)
+            return data
         return fetch
 
-    async def read(self, of_or_node: OpenFile | Node, off: int, size: int) -> bytes:
-        of = of_or_node if isinstance(of_or_node, OpenFile) else self.open_files.get(of_or_node.ino)
-        node = of.node if of is not None else of_or_node
-        assert isinstance(node, Node)
-        if of is not None and of.fd >= 0:
-            return os.pread(of.fd, size, off)
-        e = node.entry
-        if e.kind != "f":
-            raise IsADirectory()
-        if e.etag is None or off >= e.size:
-            return b""
-        path = self.ns.path_of(node)
-        if path is None:
-            raise Stale("file was removed by another mount")
-        key = self.key(path)
-        bf = self.cache.blockfile(key, e.etag, e.size)
+    async def _pinned(self, node: Node, key: str, work: Any) -> Any:
+        """Run a fetch pinned to the node's committed version.
+
+        Returns the result, or ``_RETRY`` after the object turned out to be
+        another version than the journal says (the caller retries with the
+        refreshed entry).  A vanished object raises Stale.
+        """
         try:
-            return await self.cache.read(bf, off, size, self._fetcher(key, e.etag))
-        except (NotFound, BaseExceptionGroup) as raw:
+            return await work
+        except (NotFound, PreconditionFailed, BaseExceptionGroup) as raw:
             err = _first_error(raw) if isinstance(raw, BaseExceptionGroup) else raw
             if isinstance(err, NotFound):
                 raise Stale("the object vanished from the store", path=key) from None
-            raise err from None
+            if not isinstance(err, PreconditionFailed):
+                raise err from None
+        await self._refresh_version(node, key)
+        return _RETRY
+
+    async def _refresh_version(self, node: Node, key: str) -> None:
+        """The object at ``key`` is not the committed version: catch up with the
+        journal, and if it still disagrees, adopt what the store holds now (a
+        writer that crashed between upload and commit, or another tool)."""
+        old = node.entry.etag
+        await self.pull()
+        if node.entry.etag != old:
+            return
+        try:
+            info = await self._io(self.store.head, key)
+        except NotFound:
+            raise Stale("the object vanished from the store", path=key) from None
+        if info.etag == old:
+            return
+        path = self.ns.path_of(node)
+        if path is None:
+            raise Stale("file was removed", path=key)
+        mtime = int(info.mtime * 1e9)
+        entry = node.entry.model_copy(update={"size": info.size, "etag": info.etag, "sha256": None,
+                                              "mtime_ns": mtime, "ctime_ns": mtime})
+        log.warning("workspace %s: %s changed in the store without a journal record; adopting it",
+                    self.name, path)
+        if self.read_only:
+            node.entry = entry
+        else:
+            caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
+            await self.commit([self.record("external-write", PutOp(path=path, entry=entry), caller,
+                                           size=info.size, etag=info.etag)])
+        if self.on_change is not None:
+            self.on_change(Changes(inodes={node.ino}, data={node.ino}))
+
+    async def read(self, of_or_node: OpenFile | Node, off: int, size: int, *,
+                   follow_changes: bool = False) -> bytes:
+        """Bytes of a file.  A clean file is read from the store pinned to the
+        committed version; when the store holds another version, the journal is
+        caught up (or the new version adopted) and the read fails with ``Stale``
+        since the caller's idea of the file (its size) is outdated, unless
+        ``follow_changes`` lets it continue with the new version."""
+        of = of_or_node if isinstance(of_or_node, OpenFile) else self.open_files.get(of_or_node.ino)
+        node = of.node if of is not None else of_or_node
+        assert isinstance(node, Node)
+        for _ in range(3 if follow_changes else 1):
+            if of is not None and of.fd >= 0:
+                return os.pread(of.fd, size, off)
+            e = node.entry
+            if e.kind != "f":
+                raise IsADirectory()
+            if e.etag is None or off >= e.size:
+                return b""
+            path = self.ns.path_of(node)
+            if path is None:
+                raise Stale("file was removed by another mount")
+            key = self.key(path)
+            bf = self.cache.blockfile(key, e.etag, e.size)
+            data = await self._pinned(node, key, self.cache.read(bf, off, size, self._fetcher(key, e.etag)))
+            if data is not _RETRY:
+                return data
+        raise Stale("the file changed in the store; reopen it", path=self.ns.path_of(node))
 
     async def write(self, of: OpenFile, off: int, data: bytes) -> int:
         self._writable()
@@ -891,7 +959,7 @@ class Workspace:
             if of.dirty:
                 await self._upload(of, caller)
 
-    async def scan(self, *, now: float | None = None) -> int:
+    async def scan(self, *, now: float | None = None, changed_now: bool = False) -> int:
         """Reconcile the natural keys with the journal (adoption of external writes).
 
         Objects nobody committed are adopted after ``ADOPT_GRACE`` seconds as
@@ -921,7 +989,7 @@ class Workspace:
                 continue
             if node is not None and (node.pending or node.ino in self.open_files):
                 continue
-            if now - o.mtime < ADOPT_GRACE:
+            if now - o.mtime < ADOPT_GRACE and not (changed_now and node is not None):
                 continue  # maybe an upload whose commit is on its way
             tomb = self.ns.tombstones.get(path)
             if node is None and tomb is not None and o.mtime <= tomb + 1:

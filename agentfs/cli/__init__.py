@@ -33,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="agentfs: file-state and checkpoint-state for AI agents, over object storage.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 out = Console()
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")]
@@ -392,11 +393,10 @@ def main() -> None:
         typer.echo("agentfs: aborted", err=True)
         sys.exit(130)
     except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.ClickException):
+        # typer vendors its own click, so recognise its exceptions by shape.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
-            sys.exit(64 if isinstance(e, click.UsageError) else 1)
+            sys.exit(64 if e.exit_code == 2 else e.exit_code or 1)
         typer.echo(f"agentfs: internal error: {type(e).__name__}: {e}", err=True)
         log.debug("internal error", exc_info=True)
         sys.exit(70)

@@ -127,8 +127,11 @@ def run_mount(cfg: MountConfig) -> int:
         os.close(r)
         os.setsid()
         ready_fd = w
+        # The daemon keeps none of the caller's terminal or pipes open.
+        if not cfg.log_file:
+            cfg = cfg.model_copy(update={"log_file": str(Path(cfg.cache_dir) / "agentfs.log")})
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, 2):
             os.dup2(devnull, fd)
     _setup_logging(cfg)
     try:

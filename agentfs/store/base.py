@@ -57,10 +57,13 @@ class ObjectStore(abc.ABC):
     url: str = ""
 
     @abc.abstractmethod
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int | None = None, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``key`` (whole object when both are None).
 
         A range past the end returns the bytes that exist (possibly ``b""``).
+        With ``if_match`` raises PreconditionFailed unless the object is that
+        version (reads pinned to the version the journal committed).
         """
 
     @abc.abstractmethod

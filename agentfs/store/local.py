@@ -268,11 +268,14 @@ class LocalStore(ObjectStore):
             raise NotFound("no such object", path=key)
         return f, st
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int | None = None, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
         if (start is not None and start < 0) or (end is not None and end < 0):
             raise InvalidArgument("negative byte range", path=key)
-        f, st = self._open(key)
+        f, st = self._open(key)  # the open file pins this version
         with f:
+            if if_match is not None and _etag(st) != if_match:
+                raise PreconditionFailed("object is not the expected version", path=key)
             lo = start or 0
             hi = st.st_size if end is None else min(end, st.st_size)
             if hi <= lo:

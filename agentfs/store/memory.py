@@ -98,10 +98,14 @@ class MemoryStore(ObjectStore):
             raise NotFound("no such object", path=key)
         return obj
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int | None = None, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
         if (start is not None and start < 0) or (end is not None and end < 0):
             raise InvalidArgument("negative byte range", path=key)
-        return self._obj(key).data[start:end]
+        obj = self._obj(key)
+        if if_match is not None and obj.etag != if_match:
+            raise PreconditionFailed("object is not the expected version", path=key)
+        return obj.data[start:end]
 
     def get_to_file(self, key: str, fileobj: BinaryIO, *, if_match: str | None = None) -> ObjectInfo:
         obj = self._obj(key)

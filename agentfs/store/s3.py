@@ -341,7 +341,8 @@ class S3Store(ObjectStore):
         assert first is not None
         return first
 
-    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int | None = None, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
         self.check_key(key)
         if (start is not None and start < 0) or (end is not None and end < 0):
             raise InvalidArgument("negative byte range", path=key)
@@ -351,7 +352,7 @@ class S3Store(ObjectStore):
             return b""
         parts: list[bytes] = []
         try:
-            self._stream(key, lo, end, None, parts.append)
+            self._stream(key, lo, end, if_match, parts.append)
         except _RangeNotSatisfiable:
             return b""  # range starts at or past the end of an existing object
         return b"".join(parts)
