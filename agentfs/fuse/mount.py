@@ -136,17 +136,11 @@ def run_mount(cfg: MountConfig) -> int:
     _setup_logging(cfg)
     try:
         trio.run(_serve, cfg, ready_fd)
-    except AgentFSError as e:
-        log.error("mount failed: %s", e)
-        if ready_fd is not None:
-            os.write(ready_fd, f"agentfs: {e}\n".encode())
-            return 1
-        raise
-    except RuntimeError as e:
+    except (AgentFSError, RuntimeError) as e:
         # pyfuse3.init failures (e.g. mountpoint busy) arrive as RuntimeError.
-        log.error("mount failed: %s", e)
-        if ready_fd is not None:
-            os.write(ready_fd, f"agentfs: {e}\n".encode())
-            return 1
-        raise AgentFSError(str(e)) from None
+        if ready_fd is None:
+            raise e if isinstance(e, AgentFSError) else AgentFSError(str(e)) from None
+        log.error("mount failed: %s", e)  # the daemon's log is the only trace
+        os.write(ready_fd, f"agentfs: {e}\n".encode())
+        return 1
     return 0
