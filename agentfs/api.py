@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from agentfs.cache import Cache
-from agentfs.errors import AgentFSError, IsADirectory, NotFound
+from agentfs.errors import AgentFSError, AlreadyExists, IsADirectory, NotFound
 from agentfs.identity import Caller
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
@@ -212,7 +212,6 @@ class WorkspaceClient:
             raise ValueError("only binary modes are supported; wrap in io.TextIOWrapper")
         write = any(c in mode for c in "wax+")
         if "x" in mode and self.exists(path):
-            from agentfs.errors import AlreadyExists
             raise AlreadyExists(path=path)
         of = self._run(lambda: self._open(path, write=write, truncate="w" in mode,
                                           create=any(c in mode for c in "wax")))
@@ -231,7 +230,6 @@ class WorkspaceClient:
                 try:
                     node = self._w.lookup(node, part)
                     if i == len(parts) - 1 and not parents:
-                        from agentfs.errors import AlreadyExists
                         raise AlreadyExists(path=path)
                 except NotFound:
                     if not parents and i < len(parts) - 1:

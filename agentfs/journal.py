@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import gzip
-import json
 import logging
 
 from pydantic import ValidationError
@@ -137,14 +136,3 @@ class Journal:
             self.store.put(self.state_key(state.seq), raw, if_absent=True)
         except PreconditionFailed:
             pass
-
-
-def commit_summary(commit: Commit) -> str:
-    """A short human description, for logs."""
-    acts = [f"{r.action}:{getattr(r.op, 'path', None) or getattr(r.op, 'src', '')}" for r in commit.records[:3]]
-    more = f" +{len(commit.records) - 3}" if len(commit.records) > 3 else ""
-    return f"#{commit.seq} " + ", ".join(acts) + more
-
-
-def dumps_json(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True)

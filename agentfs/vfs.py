@@ -50,6 +50,7 @@ CONTROL_PID = "user.agentfs.mount.pid"
 CONTROL_SYNC = "user.agentfs.mount.sync"
 CONTROL_STATUS = "user.agentfs.mount.status"
 
+RETRY_INTERVAL = 5.0
 TAIL_MIN = 0.2
 TAIL_MAX = 1.0
 
@@ -465,14 +466,32 @@ class FileSystem:
                     log.warning("listing workspaces: %s", e)
             await trio.sleep(self.scan_interval)
 
+    async def retrier(self) -> None:
+        """Retry uploads of closed files that failed (store outage)."""
+        while True:
+            await trio.sleep(RETRY_INTERVAL)
+            for ws in list(self.workspaces.values()):
+                if ws.pending_retries:
+                    try:
+                        await ws.sync(Caller.current(self.agent))
+                    except AgentFSError as e:
+                        log.warning("retrying uploads of %s: %s", ws.name, e)
+
     async def run_background(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.retrier)
         nursery.start_soon(self.invalidator)
         nursery.start_soon(self.tail)
         nursery.start_soon(self.scanner)
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), then drop the cache."""
-        await self.sync_all()
+        try:
+            await self.sync_all()
+        except AgentFSError as e:
+            lost = [ws.ns.path_of(of.node) for ws in self.workspaces.values()
+                    for of in ws.open_files.values() if of.dirty]
+            log.error("unmount: could not upload %d files (%s): %s", len(lost), e, ", ".join(
+                str(p) for p in lost[:20]))
         for h in list(self.handles.values()):
             h.of.close_local()
         self.cache.close()

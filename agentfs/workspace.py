@@ -254,6 +254,8 @@ class Workspace:
         #: Called with the Changes of every remote commit applied (kernel invalidation).
         self.on_change: Callable[[Changes], None] | None = None
         self._missing_seen: set[str] = set()
+        #: Closed files whose last upload failed, with who wrote them.
+        self._retry: dict[int, Caller] = {}
 
     # -- plumbing -------------------------------------------------------------
 
@@ -667,16 +669,34 @@ class Workspace:
             await self._upload(of, caller)
 
     async def release(self, of: OpenFile, caller: Caller) -> None:
-        try:
-            if of.dirty and of.handles <= 1:
+        """Drop one handle; the last one uploads what is still dirty.
+
+        If that upload fails (the store is unreachable), the working copy is
+        kept and retried by :meth:`sync` (the mount retries in the background
+        and on unmount): the writer's ``close()`` already reported the error
+        from ``flush``, and the bytes are not dropped.
+        """
+        of.handles -= 1
+        of.node.opens -= 1
+        if of.handles > 0:
+            return
+        if of.dirty:
+            try:
                 await self._upload(of, caller)
-        finally:
-            of.handles -= 1
-            of.node.opens -= 1
-            if of.handles <= 0:
-                self.open_files.pop(of.node.ino, None)
-                of.close_local()
-                self.ns.table.maybe_drop(of.node)
+            except Exception as e:
+                log.warning("workspace %s: upload of %s failed (%s); kept for retry",
+                            self.name, self.ns.path_of(of.node), e)
+                self._retry[of.node.ino] = caller
+                return
+        self._forget_open(of)
+
+    def _forget_open(self, of: OpenFile) -> None:
+        if of.handles > 0:
+            return
+        self.open_files.pop(of.node.ino, None)
+        self._retry.pop(of.node.ino, None)
+        of.close_local()
+        self.ns.table.maybe_drop(of.node)
 
     async def _upload(self, of: OpenFile, caller: Caller) -> None:
         async with self.ns_lock.shared(), of.lock:
@@ -954,10 +974,16 @@ class Workspace:
     # -- whole-workspace operations ---------------------------------------------------
 
     async def sync(self, caller: Caller) -> None:
-        """Flush every dirty open file."""
+        """Flush every dirty file, including closed ones whose upload failed."""
         for of in list(self.open_files.values()):
             if of.dirty:
-                await self._upload(of, caller)
+                await self._upload(of, self._retry.get(of.node.ino, caller))
+            if of.handles <= 0 and not of.dirty:
+                self._forget_open(of)
+
+    @property
+    def pending_retries(self) -> int:
+        return len(self._retry)
 
     async def scan(self, *, now: float | None = None, changed_now: bool = False) -> int:
         """Reconcile the natural keys with the journal (adoption of external writes).

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfs.config import MountConfig, default_store_path, default_store_url
-from agentfs.errors import AgentFSError, InvalidArgument, NotFound
+from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
 
 __all__ = ["app", "main"]
 
@@ -247,7 +247,6 @@ def rm(
     with client:
         if client.stat(path).kind == "dir":
             if not recursive:
-                from agentfs.errors import IsADirectory
                 raise IsADirectory("is a directory (use -r)", path=path)
             client.rmtree(path)
         else:
