@@ -371,7 +371,12 @@ def test_large_file_64mib(ws: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_large_file_3gib(ws: Path) -> None:
+def test_large_file_3gib(ws: Path, store_url: str) -> None:
+    # moto keeps objects in one Python process's memory and takes minutes per
+    # GiB; the S3 multipart path is covered by test_large_file_64mib, and this
+    # size runs on S3 when asked for (AGENTFS_BIG_S3=1, e.g. against MinIO).
+    if store_url.startswith("s3://") and not os.environ.get("AGENTFS_BIG_S3"):
+        pytest.skip("3 GiB through moto is too slow for CI; set AGENTFS_BIG_S3=1")
     p = ws / "huge.bin"
     n = 3 * 1024
     sha = write_generated(p, n)
