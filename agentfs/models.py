@@ -31,7 +31,6 @@ __all__ = [
     "PutOp",
     "Record",
     "State",
-    "StoreInfo",
     "decode_xattr",
     "encode_xattr",
 ]
@@ -41,6 +40,19 @@ FORMAT_VERSION = 1
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Versioned(_Model):
+    """A top-level record: refuses a format newer than this agentfs."""
+
+    v: int = FORMAT_VERSION
+
+    @field_validator("v")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > FORMAT_VERSION:
+            raise ValueError(f"format version {v} is newer than this agentfs ({FORMAT_VERSION})")
+        return v
 
 
 class Entry(_Model):
@@ -104,7 +116,7 @@ class Record(_Model):
     detail: dict[str, str | int | float | None] = Field(default_factory=dict)
 
 
-class Commit(_Model):
+class Commit(_Versioned):
     """One journal object: records written together (group commit)."""
 
     v: int = FORMAT_VERSION
@@ -115,15 +127,8 @@ class Commit(_Model):
     host: str = ""
     records: list[Record]
 
-    @field_validator("v")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v > FORMAT_VERSION:
-            raise ValueError(f"format version {v} is newer than this agentfs ({FORMAT_VERSION})")
-        return v
 
-
-class State(_Model):
+class State(_Versioned):
     """A compacted namespace: every entry by path at ``seq``, plus tombstones
     (natural keys deleted or moved away, with the time) used to tell a crashed
     writer's leftover object from an external write."""
@@ -132,20 +137,6 @@ class State(_Model):
     seq: int = Field(ge=0)
     entries: dict[str, Entry]
     tombstones: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("v")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v > FORMAT_VERSION:
-            raise ValueError(f"format version {v} is newer than this agentfs ({FORMAT_VERSION})")
-        return v
-
-
-class StoreInfo(_Model):
-    """``.agentfs/store.json``: marks a store root."""
-
-    v: int = FORMAT_VERSION
-    created: float = Field(default_factory=time.time)
 
 
 def encode_xattr(value: bytes) -> str:

@@ -191,14 +191,18 @@ def cat(target: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -
     sys.stdout.buffer.flush()
 
 
-def _progress(total: int, label: str):
+def _transfer(total: int, label: str, run) -> None:
+    """Run ``run(progress_callback_or_None)``, with a progress bar for a large
+    transfer on a terminal."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     if total < (8 << 20) or not sys.stderr.isatty():
-        return None
-    p = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                 TransferSpeedColumn(), console=Console(stderr=True), transient=True)
-    return p, p.add_task(label, total=total)
+        run(None)
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as p:
+        task = p.add_task(label, total=total)
+        run(lambda n: p.advance(task, n))
 
 
 @app.command()
@@ -211,12 +215,8 @@ def put(local: str, target: str, endpoint_url: EndpointOpt = None, store: StoreO
         if local == "-":
             client.write_bytes(path, sys.stdin.buffer.read())
             return
-        prog = _progress(os.path.getsize(local), f"put {path}")
-        if prog is None:
-            client.upload(local, path)
-            return
-        with prog[0] as p:
-            client.upload(local, path, progress=lambda n: p.advance(prog[1], n))
+        _transfer(os.path.getsize(local), f"put {path}",
+                  lambda progress: client.upload(local, path, progress=progress))
 
 
 @app.command()
@@ -227,12 +227,8 @@ def get(target: str, local: str, endpoint_url: EndpointOpt = None, store: StoreO
         dst = Path(local)
         if dst.is_dir():
             dst = dst / Path(path).name
-        prog = _progress(client.stat(path).size, f"get {path}")
-        if prog is None:
-            client.download(path, dst)
-            return
-        with prog[0] as p:
-            client.download(path, dst, progress=lambda n: p.advance(prog[1], n))
+        _transfer(client.stat(path).size, f"get {path}",
+                  lambda progress: client.download(path, dst, progress=progress))
 
 
 @app.command()
