@@ -51,6 +51,22 @@ def _client(target: str, endpoint: str | None, store: str | None, *, create: boo
     return WorkspaceClient(t.store, t.workspace, create=create, agent=os.environ.get("AGENTFS_AGENT", "")), t.path
 
 
+def _version(value: bool) -> None:
+    if value:
+        from agentfs import __version__
+
+        typer.echo(f"agentfs {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """agentfs: file-state and checkpoint-state for AI agents, over object storage."""
+
+
 # -- mounting ---------------------------------------------------------------------
 
 
