@@ -105,7 +105,9 @@ class Cache:
             return b""
         first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         want = list(range(first, last + 1))
-        if off == bf.last_end or off == 0:
+        # Sequential if the block before is here (the kernel issues several
+        # reads at once, so "starts where the last ended" is not reliable).
+        if first == 0 or (first - 1) in bf.present or off == bf.last_end:
             want += range(last + 1, min(last + 1 + READAHEAD_BLOCKS, bf.nblocks))
         bf.last_end = end
         bf.users += 1
