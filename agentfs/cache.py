@@ -86,8 +86,8 @@ class Cache:
     def blockfile(self, key: str, etag: str, size: int) -> BlockFile:
         name = self._name(key, etag)
         bf = self._files.get(name)
-        if bf is None or bf.size != size:
-            if bf is not None:
+        if bf is None or bf.size != size or bf.fd < 0:
+            if bf is not None and bf.users == 0:
                 self._evict_one(name)
             bf = BlockFile(self.root / "blocks" / name, size)
             self._files[name] = bf
@@ -159,11 +159,14 @@ class Cache:
     def take(self, bf: BlockFile) -> Path:
         """Remove a complete block file from the clean cache and hand its path
         over as a dirty working copy (O(1), no copy)."""
-        name = bf.path.name
-        self._files.pop(name, None)
+        dst = self.new_dirty_path()
+        if bf.users > 0:
+            # A reader is still using it: give the writer a copy instead.
+            shutil.copyfile(bf.path, dst)
+            return dst
+        self._files.pop(bf.path.name, None)
         self._bytes -= len(bf.present) * BLOCK_SIZE
         bf.close()
-        dst = self.new_dirty_path()
         os.rename(bf.path, dst)
         return dst
 

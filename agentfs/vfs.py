@@ -365,7 +365,7 @@ class FileSystem:
         h = self.handles.get(fh) if fh is not None else None
         of = h.of if h is not None else ws.open_files.get(ino)
         await ws.setattr(node, caller, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns,
-                         atime_ns=atime_ns, of=of)
+                         atime_ns=atime_ns, of=of, by_handle=h is not None)
         return ws.attr(node)
 
     # -- xattrs --------------------------------------------------------------------------

@@ -159,6 +159,10 @@ class OpenFile:
     base_etag: str | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
     append_handles: int = 0
+    #: Removed by this mount (unlink or rename over it) while open.
+    unlinked: bool = False
+    #: Where the file was last seen, to keep its bytes if another mount removes it.
+    last_path: str | None = None
 
     def close_local(self) -> None:
         if self.fd >= 0:
@@ -188,9 +192,10 @@ class RWLock:
         try:
             yield
         finally:
-            async with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+            self._readers -= 1  # bookkeeping first: a cancelled holder must not leak it
+            with trio.CancelScope(shield=True):
+                async with self._cond:
+                    self._cond.notify_all()
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -205,9 +210,10 @@ class RWLock:
         try:
             yield
         finally:
-            async with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+            self._writer = False
+            with trio.CancelScope(shield=True):
+                async with self._cond:
+                    self._cond.notify_all()
 
 
 @dataclass
@@ -495,7 +501,7 @@ class Workspace:
         of = self.open_files.get(node.ino)
         if of is None:
             of = OpenFile(node=node, size=node.entry.size, mtime_ns=node.entry.mtime_ns,
-                          base_etag=node.entry.etag)
+                          base_etag=node.entry.etag, last_path=self.ns.path_of(node))
             self.open_files[node.ino] = of
         return of
 
@@ -562,7 +568,7 @@ class Workspace:
             return data
         return fetch
 
-    async def _pinned(self, node: Node, key: str, work: Any) -> Any:
+    async def _pinned(self, node: Node, key: str, work: Any, *, follow_changes: bool = True) -> Any:
         """Run a fetch pinned to the node's committed version.
 
         Returns the result, or ``_RETRY`` after the object turned out to be
@@ -574,10 +580,17 @@ class Workspace:
         except (NotFound, PreconditionFailed, BaseExceptionGroup) as raw:
             err = _first_error(raw) if isinstance(raw, BaseExceptionGroup) else raw
             if isinstance(err, NotFound):
+                path = self.ns.path_of(node)
+                of = self.open_files.get(node.ino)
+                if (path is not None and self.key(path) != key) or (of is not None and of.fd >= 0):
+                    return _RETRY  # renamed or unlinked here meanwhile: read from the new place
                 raise Stale("the object vanished from the store", path=key) from None
             if not isinstance(err, PreconditionFailed):
                 raise err from None
+        old = node.entry.etag
         await self._refresh_version(node, key)
+        if node.entry.etag != old and not follow_changes:
+            raise Stale("the file changed in the store; reopen it", path=key)
         return _RETRY
 
     async def _refresh_version(self, node: Node, key: str) -> None:
@@ -621,7 +634,7 @@ class Workspace:
         of = of_or_node if isinstance(of_or_node, OpenFile) else self.open_files.get(of_or_node.ino)
         node = of.node if of is not None else of_or_node
         assert isinstance(node, Node)
-        for _ in range(3 if follow_changes else 1):
+        for _ in range(3):
             if of is not None and of.fd >= 0:
                 return os.pread(of.fd, size, off)
             e = node.entry
@@ -634,7 +647,8 @@ class Workspace:
                 raise Stale("file was removed by another mount")
             key = self.key(path)
             bf = self.cache.blockfile(key, e.etag, e.size)
-            data = await self._pinned(node, key, self.cache.read(bf, off, size, self._fetcher(key, e.etag)))
+            data = await self._pinned(node, key, self.cache.read(bf, off, size, self._fetcher(key, e.etag)),
+                                      follow_changes=follow_changes)
             if data is not _RETRY:
                 return data
         raise Stale("the file changed in the store; reopen it", path=self.ns.path_of(node))
@@ -699,14 +713,25 @@ class Workspace:
         self.ns.table.maybe_drop(of.node)
 
     async def _upload(self, of: OpenFile, caller: Caller) -> None:
+        # Shielded: an upload and its commit are never cancelled halfway (a
+        # cancelled commit after a finished PUT would turn into a false conflict).
+        with trio.CancelScope(shield=True):
+            await self._upload_now(of, caller)
+
+    async def _upload_now(self, of: OpenFile, caller: Caller) -> None:
         async with self.ns_lock.shared(), of.lock:
             if not of.dirty:
                 return
             node = of.node
             path = self.ns.path_of(node)
-            if path is None:  # unlinked while open: nothing to keep
-                of.dirty = False
+            if path is None:
+                if of.unlinked or of.last_path is None:
+                    of.dirty = False  # removed here while open: nothing to keep
+                    return
+                # Another mount removed it (or its directory) under us: keep the bytes.
+                await self._keep_conflict(of, of.last_path, caller)
                 return
+            of.last_path = path
             gen, size = of.gen, of.size
             key = self.key(path)
             cond: dict[str, Any] = {"if_absent": True} if of.base_etag is None else {"if_match": of.base_etag}
@@ -779,7 +804,7 @@ class Workspace:
     async def setattr(self, node: Node, caller: Caller, *, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None, size: int | None = None,
                       mtime_ns: int | None = None, atime_ns: int | None = None,
-                      of: OpenFile | None = None) -> None:
+                      of: OpenFile | None = None, by_handle: bool = False) -> None:
         self._writable()
         if size is not None:
             if node.entry.kind == "d":
@@ -790,8 +815,8 @@ class Workspace:
             assert of is not None
             try:
                 await self.truncate(of, size)
-                if own:
-                    await self.flush(of, caller)
+                if own or not by_handle:
+                    await self.flush(of, caller)  # truncate(path) is durable on return
             finally:
                 if own:
                     await self.release(of, caller)
@@ -871,6 +896,7 @@ class Workspace:
             if of is not None:
                 # Open elsewhere: keep a local copy so the fd stays readable.
                 await self._ensure_local(of)
+                of.unlinked = True
             if node.pending:
                 self.ns.detach(node)
                 return
@@ -878,7 +904,7 @@ class Workspace:
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
             if node.entry.kind == "f" and node.entry.etag is not None:
-                await self._delete_keys([self.key(path)])
+                await self._delete_keys([(self.key(path), node.entry.etag)])
 
     async def rmdir(self, parent: Node, name: str, caller: Caller) -> None:
         self._writable()
@@ -892,13 +918,18 @@ class Workspace:
             await self.commit([self.record("rmdir", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
 
-    async def _delete_keys(self, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        if not keys:
-            return
+    async def _delete_keys(self, keys: Iterable[tuple[str, str | None]]) -> None:
+        """Delete garbage keys, each only at the version that became garbage:
+        a key another writer has rewritten since is kept (its commit follows)."""
+        async def one(key: str, etag: str | None) -> None:
+            try:
+                await self._io(self.store.delete, key, if_match=etag)
+            except PreconditionFailed:
+                log.info("workspace %s: %s was rewritten meanwhile; not deleted", self.name, key)
+
         async with trio.open_nursery() as nursery:
-            for k in keys:
-                nursery.start_soon(self._io, self.store.delete, k)
+            for k, etag in keys:
+                nursery.start_soon(one, k, etag)
 
     # -- rename ---------------------------------------------------------------------
 
@@ -938,6 +969,7 @@ class Workspace:
             if dst is not None and dst.ino in self.open_files:
                 # The replaced file stays readable through its open fds.
                 await self._ensure_local(self.open_files[dst.ino])
+                self.open_files[dst.ino].unlinked = True
             # 1. copy every committed file to its new natural key
             moves: list[tuple[str, Node]] = [("", src), *self.ns.walk(src)]
             files = [(rel, n) for rel, n in moves
@@ -947,7 +979,10 @@ class Workspace:
             async def copy_one(rel: str, n: Node) -> None:
                 old_key = self.key(join(src_path, rel) if rel else src_path)
                 new_key = self.key(join(dst_path, rel) if rel else dst_path)
-                info = await self._io(self.store.copy, old_key, new_key)
+                try:
+                    info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag)
+                except PreconditionFailed:
+                    raise Stale("the file changed in the store during the rename", path=old_key) from None
                 etags[rel] = info.etag
 
             async with trio.open_nursery() as nursery:
@@ -966,9 +1001,10 @@ class Workspace:
                 if of is not None and of.base_etag == old_etags[rel]:
                     of.base_etag = etags.get(rel)
             # 3. the old keys are garbage now (and the replaced file's, unless a copy took it)
-            garbage = [self.key(join(src_path, rel) if rel else src_path) for rel, _ in files]
+            garbage = [(self.key(join(src_path, rel) if rel else src_path), old_etags[rel])
+                       for rel, _ in files]
             if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
-                garbage.append(self.key(dst_path))
+                garbage.append((self.key(dst_path), dst.entry.etag))
             await self._delete_keys(garbage)
 
     # -- whole-workspace operations ---------------------------------------------------
@@ -1000,7 +1036,7 @@ class Workspace:
         objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
         caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
         records: list[Record] = []
-        leftovers: list[str] = []
+        leftovers: list[tuple[str, str]] = []
         for path, o in objects.items():
             if not path or path.endswith("/"):
                 continue  # directory marker objects from other tools
@@ -1019,7 +1055,7 @@ class Workspace:
                 continue  # maybe an upload whose commit is on its way
             tomb = self.ns.tombstones.get(path)
             if node is None and tomb is not None and o.mtime <= tomb + 1:
-                leftovers.append(o.key)
+                leftovers.append((o.key, o.etag))
                 continue
             if node is not None and node.entry.kind != "f":
                 log.warning("workspace %s: object %s shadows a %s; not adopted", self.name, path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -87,3 +88,40 @@ def test_mount_errors_are_one_line(tmp_path: Path) -> None:
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("agentfs:"), r.stderr
+
+
+def test_sigterm_unmounts_cleanly(mount: Mount) -> None:
+    """SIGTERM (systemctl stop, a container runtime) flushes and detaches: no dead mount."""
+    (mount.path / "ws").mkdir()
+    (mount.path / "ws" / "f").write_bytes(b"x")
+    os.kill(mount.pid, signal.SIGTERM)
+    assert mount.proc.wait(timeout=30) == 0
+    with open("/proc/mounts") as f:
+        assert not any(line.split()[1] == str(mount.path) for line in f)
+    assert open_store(mount.store_url).get("ws/f") == b"x"
+
+
+def test_truncate_by_path_is_durable_while_open(mount: Mount) -> None:
+    """truncate(path) while another fd holds the file open reaches the store on return."""
+    (mount.path / "ws").mkdir()
+    p = mount.path / "ws" / "t.txt"
+    p.write_bytes(b"0123456789")
+    with open(p, "rb"):
+        os.truncate(p, 3)
+        assert open_store(mount.store_url).get("ws/t.txt") == b"012"
+
+
+def test_read_while_first_write_takes_the_cache(mount: Mount) -> None:
+    """A reader streaming a file is not broken by another fd's first write."""
+    (mount.path / "ws").mkdir()
+    p = mount.path / "ws" / "big.bin"
+    data = os.urandom(6 << 20)
+    p.write_bytes(data)
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    with open(p, "rb") as r, open(p, "r+b") as w:
+        first = r.read(1 << 20)
+        w.write(b"Z")
+        w.flush()
+        rest = r.read()
+    assert len(first) + len(rest) == len(data)
+    assert first[1:] == data[1 : 1 << 20]

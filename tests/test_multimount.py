@@ -472,3 +472,19 @@ def test_library_write_appears_in_mount(mount: Mount, store_url: str, record_pro
         # The other direction: the library sees a write made through the mount.
         write_file(mount.path / "ws" / "from-mount.txt", b"hello library\n")
         assert w.read_bytes("from-mount.txt") == b"hello library\n"
+
+
+def test_file_open_on_a_survives_rmdir_of_its_parent_on_b(pair: Pair) -> None:
+    """A new file still open on A (not yet committed) whose parent B removes (B saw
+    it empty): A's close keeps the bytes as a conflict copy, nothing is dropped."""
+    (pair.wa / "out").mkdir()
+    wait_for(lambda: (pair.wb / "out").is_dir(), what="out on B")
+    data = os.urandom(5000)
+    with open(pair.wa / "out" / "result.json", "wb") as f:
+        f.write(data)
+        os.rmdir(pair.wb / "out")  # B sees an empty directory
+        time.sleep(1.5)  # A's tail applies B's rmdir while the file is open
+    found = [p for p in pair.wa.rglob("*") if p.is_file() and p.read_bytes() == data]
+    assert found, f"bytes lost; tree on A: {sorted(map(str, pair.wa.rglob('*')))}"
+    assert ".conflict-" in found[0].name
+    assert os.getxattr(found[0], "user.agentfs.conflict")

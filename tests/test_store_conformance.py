@@ -518,6 +518,19 @@ def test_delete(store: ObjectStore) -> None:
     assert store.get("d/x/y/z") == b"3"
 
 
+def test_delete_if_match(store: ObjectStore) -> None:
+    """A conditional delete removes only the version it names."""
+    old = store.put("c/k", b"old")
+    new = store.put("c/k", b"new")
+    with pytest.raises(errors.PreconditionFailed):
+        store.delete("c/k", if_match=old.etag)
+    assert store.get("c/k") == b"new"
+    store.delete("c/k", if_match=new.etag)
+    with pytest.raises(errors.NotFound):
+        store.head("c/k")
+    store.delete("c/k", if_match=new.etag)  # already gone: not an error
+
+
 def test_delete_put_race_same_dir(store: ObjectStore) -> None:
     """Deleting the last file of a directory while another key is written into it."""
     def work(i: int) -> None:

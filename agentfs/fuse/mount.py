@@ -59,7 +59,6 @@ async def _serve(cfg: MountConfig, ready_fd: int | None) -> None:
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
-    unmounted = False
     try:
         async with trio.open_nursery() as nursery:
 
@@ -74,13 +73,14 @@ async def _serve(cfg: MountConfig, ready_fd: int | None) -> None:
             nursery.start_soon(on_signal)
             await fs.run_background(nursery)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
-            unmounted = True
             nursery.cancel_scope.cancel()
     finally:
         try:
             await fs.close()
         finally:
-            pyfuse3.close(unmount=not unmounted)
+            # Always detach: after a signal pyfuse3.main returns with the
+            # kernel mount still in place (unmounting twice is harmless).
+            pyfuse3.close(unmount=True)
             store.close()
             log.info("unmounted %s", cfg.mountpoint)
 

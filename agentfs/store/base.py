@@ -130,8 +130,13 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove ``key``; deleting a missing key is not an error."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove ``key``; deleting a missing key is not an error.
+
+        With ``if_match`` only that version is removed: another version raises
+        PreconditionFailed and stays (a newer write is never deleted by a
+        delete that meant an older one).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is unusable afterwards."""

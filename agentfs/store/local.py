@@ -458,10 +458,16 @@ class LocalStore(ObjectStore):
             self._unlink_quiet(tmp)
         return _info(dst, st)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
         parent = os.path.dirname(path)
         with self._key_lock(key):
+            try:
+                current = _etag(os.stat(path, follow_symlinks=False)) if if_match is not None else None
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if current is not None and current != if_match:
+                raise PreconditionFailed("object is not the expected version", path=key)
             try:
                 os.unlink(path)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

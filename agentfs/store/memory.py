@@ -178,7 +178,10 @@ class MemoryStore(ObjectStore):
             self._b.objects[dst] = new
         return new.info(dst)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         self.check_key(key)
         with self._b.lock:
+            obj = self._b.objects.get(key)
+            if obj is not None and if_match is not None and obj.etag != if_match:
+                raise PreconditionFailed("object is not the expected version", path=key)
             self._b.objects.pop(key, None)

@@ -598,10 +598,11 @@ class S3Store(ObjectStore):
             raise
         return ObjectInfo(key=dst, size=info.size, etag=_etag(resp), mtime=_resp_time(resp))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         self.check_key(key)
+        kw = {"IfMatch": if_match} if if_match is not None else {}
         try:
-            self._call("delete_object", key, Key=self.prefix + key)
+            self._call("delete_object", key, Key=self.prefix + key, **kw)
         except NotFound:
             pass
 
