@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from agentfs.check import check_store
+from agentfs.store import open_store
+
 __all__ = ["Mount", "fuse_available"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +148,15 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
             problems.append(str(e))
         if not m.expect_errors and m.error_lines():
             problems.append(f"unexpected ERROR lines in {m.log}:\n" + "\n".join(m.error_lines()[:20]))
+    # As S3QL does after every test: the store must be consistent once every
+    # mount of it is cleanly gone (crash tests check their stores themselves).
+    clean_stores = {m.store_url for m in mounts} - {m.store_url for m in mounts if m.expect_errors}
+    for url in sorted(clean_stores):
+        if url.startswith("memory://"):
+            continue
+        report = check_store(open_store(url))
+        if not report.clean:
+            problems.append(f"agentfs check of {url} after the test:\n" + report.model_dump_json(indent=1))
     if problems:
         pytest.fail("\n".join(problems))
 
