@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import os
 
 __all__ = [
     "AgentFSError",
@@ -55,7 +56,7 @@ class AgentFSError(OSError):
     exit_code: int = 1
 
     def __init__(self, message: str = "", *, path: str | None = None) -> None:
-        super().__init__(self.errno_code, message or _errno.errorcode.get(self.errno_code, "error"))
+        super().__init__(self.errno_code, message or os.strerror(self.errno_code))
         self.path = path
 
     def __str__(self) -> str:

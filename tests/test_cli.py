@@ -399,3 +399,14 @@ def test_daemonized_mount_releases_callers_stderr(tmp_path: Path) -> None:
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
+
+
+def test_put_creates_parent_directories(tmp_path: Path, home: dict[str, str]) -> None:
+    """`put` into a new path implies its directories (as `aws s3 cp` does)."""
+    src = tmp_path / "r.md"
+    src.write_bytes(b"# report\n")
+    ok(cli("put", str(src), "proj/a/b/c/r.md", env=home))
+    assert ok(cli("cat", "proj/a/b/c/r.md", env=home)).stdout == b"# report\n"
+    missing = cli("cat", "proj/a/nope.md", env=home)
+    assert missing.returncode == 2
+    assert missing.stderr.decode().strip() == "agentfs: No such file or directory: nope.md"

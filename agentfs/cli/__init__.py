@@ -228,6 +228,9 @@ def put(local: str, target: str, endpoint_url: EndpointOpt = None, store: StoreO
     with client:
         if not path or (client.exists(path) and client.stat(path).kind == "dir"):
             path = f"{path}/{Path(local).name}".strip("/")
+        parent = path.rpartition("/")[0]
+        if parent and not client.exists(parent):
+            client.mkdir(parent, parents=True)  # like `aws s3 cp`: parents are implied
         if local == "-":
             client.write_bytes(path, sys.stdin.buffer.read())
             return
