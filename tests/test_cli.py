@@ -409,4 +409,4 @@ def test_put_creates_parent_directories(tmp_path: Path, home: dict[str, str]) ->
     assert ok(cli("cat", "proj/a/b/c/r.md", env=home)).stdout == b"# report\n"
     missing = cli("cat", "proj/a/nope.md", env=home)
     assert missing.returncode == 2
-    assert missing.stderr.decode().strip() == "agentfs: No such file or directory: nope.md"
+    assert missing.stderr.decode().strip() == "agentfs: No such file or directory: a/nope.md"
