@@ -288,8 +288,10 @@ class Namespace:
         src = self.resolve(op.src)
         if src is None or src is self.root or op.src == op.dst:
             return
-        if op.dst == op.src or op.dst.startswith(op.src + "/"):
-            log.warning("journal: ignoring move of %r into itself (%r)", op.src, op.dst)
+        if op.dst == op.src or op.dst.startswith(op.src + "/") or op.src.startswith(op.dst + "/"):
+            # Into itself, or over one of its own ancestors (never valid locally;
+            # a race between mounts could produce it): the same no-op everywhere.
+            log.warning("journal: ignoring move of %r onto %r", op.src, op.dst)
             return
         self._tombstone(op.src, src, when)
         dst_parent_path, dst_name = split(op.dst)

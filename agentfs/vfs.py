@@ -304,8 +304,6 @@ class FileSystem:
         ws = self._ws(pnode)
         node, of = await ws.create(pnode, name, mode, caller)
         node.lookups += 1
-        if flags & os.O_APPEND:
-            of.append_handles += 1
         fh = next(self._fh)
         self.handles[fh] = FileHandle(ws, of, True, caller)
         return fh, ws.attr(node)

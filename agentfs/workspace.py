@@ -158,7 +158,6 @@ class OpenFile:
     gen: int = 0
     base_etag: str | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
-    append_handles: int = 0
     #: Removed by this mount (unlink or rename over it) while open.
     unlinked: bool = False
     #: Where the file was last seen, to keep its bytes if another mount removes it.
@@ -256,7 +255,6 @@ class Workspace:
         self._commit_lock = trio.Lock()
         self._queue: list[_Pending] = []
         self._last_state_seq = 0
-        self.last_activity = time.monotonic()
         #: Called with the Changes of every remote commit applied (kernel invalidation).
         self.on_change: Callable[[Changes], None] | None = None
         self._missing_seen: set[str] = set()
@@ -368,7 +366,6 @@ class Workspace:
                     p.done = True
         if me.error is not None:
             raise me.error
-        self.last_activity = time.monotonic()
 
     async def _write_batch(self, records: list[Record]) -> None:
         while True:
@@ -528,8 +525,7 @@ class Workspace:
             of.base_etag = node.entry.etag  # a new opener starts from the current version
         of.handles += 1
         node.opens += 1
-        if append:
-            of.append_handles += 1
+        del append  # the kernel applies O_APPEND (it passes the offset to write at)
         if truncate and write:
             try:
                 await self.truncate(of, 0)

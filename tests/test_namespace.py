@@ -455,3 +455,13 @@ def test_state_round_trip_is_a_fixed_point(ops: list) -> None:
     ns3.load_state(s2)
     assert ns3.to_state(now) == s2
     check_tree_invariants(ns2)
+
+
+def test_mv_onto_own_ancestor_is_a_no_op() -> None:
+    """Found by hypothesis: moving a/c onto a (its parent) must not corrupt the tree."""
+    ns = new_ns()
+    put(ns, "a/c", d())
+    c = node(ns, "a/c")
+    ns.apply(MoveOp(src="a/c", dst="a"), T0)
+    assert paths(ns) == {"a", "a/c"}
+    assert ns.table.get(c.ino) is c
