@@ -31,8 +31,10 @@ __all__ = ["BLOCK_SIZE", "BlockFile", "Cache"]
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
-#: Blocks fetched ahead of a sequential reader.
-READAHEAD_BLOCKS = 8
+#: Blocks kept in flight ahead of a sequential reader.
+READAHEAD_BLOCKS = 16
+#: Concurrent background block fetches per mount (each is one ranged GET).
+READAHEAD_CONCURRENCY = 8
 
 
 class BlockFile:
@@ -78,6 +80,15 @@ class Cache:
         self._files: OrderedDict[str, BlockFile] = OrderedDict()
         self._bytes = 0
         self._counter = itertools.count()
+        self._nursery: trio.Nursery | None = None
+        self._ra_limit = trio.CapacityLimiter(READAHEAD_CONCURRENCY)
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Fetch readahead blocks in ``nursery`` instead of in the reader's
+        request: a sequential reader then waits only for the block it needs
+        while the next ones stream in (without it, readahead is fetched with
+        the needed block and awaited)."""
+        self._nursery = nursery
 
     @staticmethod
     def _name(key: str, etag: str) -> str:
@@ -105,15 +116,34 @@ class Cache:
             return b""
         first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         want = list(range(first, last + 1))
+        ahead: list[int] = []
         # Sequential if the block before is here (the kernel issues several
         # reads at once, so "starts where the last ended" is not reliable).
         if first == 0 or (first - 1) in bf.present or off == bf.last_end:
-            want += range(last + 1, min(last + 1 + READAHEAD_BLOCKS, bf.nblocks))
+            ahead = [b for b in range(last + 1, min(last + 1 + READAHEAD_BLOCKS, bf.nblocks))
+                     if b not in bf.present and b not in bf.inflight]
         bf.last_end = end
+        if ahead and self._nursery is not None:
+            for b in ahead:
+                self._nursery.start_soon(self._readahead, bf, b, fetch)
+        else:
+            want += ahead
         bf.users += 1
         try:
             await self._ensure(bf, want, fetch, needed=set(range(first, last + 1)))
             return os.pread(bf.fd, end - off, off)
+        finally:
+            bf.users -= 1
+
+    async def _readahead(self, bf: BlockFile, b: int, fetch: Fetch) -> None:
+        # A failed readahead only leaves the block missing: the reader that
+        # needs it fetches it again and gets the error itself.
+        bf.users += 1
+        try:
+            async with self._ra_limit:
+                await self._fetch_block(bf, b, fetch)
+        except Exception as e:
+            log.debug("readahead of block %d failed: %s", b, e)
         finally:
             bf.users -= 1
 
@@ -134,6 +164,12 @@ class Cache:
             async with trio.open_nursery() as nursery:
                 for b in missing:
                     nursery.start_soon(self._fetch_block, bf, b, fetch)
+        # A needed block whose fetch belonged to another task (a readahead)
+        # that failed: fetch it here, so the store's own error reaches the
+        # caller (a changed version must surface as PreconditionFailed).
+        for b in sorted(needed):
+            if b not in bf.present:
+                await self._fetch_block(bf, b, fetch)
         if any(b not in bf.present for b in needed):
             raise OSError(5, "block fetch failed")
 

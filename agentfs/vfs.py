@@ -476,6 +476,7 @@ class FileSystem:
                         log.warning("retrying uploads of %s: %s", ws.name, e)
 
     async def run_background(self, nursery: trio.Nursery) -> None:
+        self.cache.start_background(nursery)
         nursery.start_soon(self.retrier)
         nursery.start_soon(self.invalidator)
         nursery.start_soon(self.tail)
