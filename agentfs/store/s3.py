@@ -529,7 +529,17 @@ class S3Store(ObjectStore):
             raise
         pool.shutdown(wait=True)
         log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), number, total)
-        return ObjectInfo(key=key, size=total, etag=_etag(resp), mtime=_resp_time(resp))
+        etag = _etag(resp)
+        # Some S3 servers (rclone serve s3) answer the completion with a
+        # multipart-style ETag but report the object under another one: the
+        # version we record must be the one later If-Match conditions compare.
+        info = self.head(key)
+        if info.etag != etag:
+            if info.size != total:
+                raise PreconditionFailed("object was replaced right after its upload",
+                                         path=self._where(key))
+            log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
+        return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
 
     def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
         self.check_key(src)
