@@ -83,6 +83,7 @@ __all__ = [
     "RecentChanges",
     "XattrChange",
     "background",
+    "describe_change",
     "expired_paths",
     "flush_state_md",
     "format_ttl",
@@ -577,10 +578,28 @@ def _path_of(r: Record) -> str:
     return op.path
 
 
+def _short(name: object, value: object) -> str:
+    if value is None:
+        return "(none)"
+    if name == "ttl" and isinstance(value, str):
+        try:
+            v = TTLValue.model_validate_json(value)
+            return f"{v.seconds:g}s (expires {_iso(v.expires_at)})"
+        except (ValidationError, ValueError):
+            pass
+    return str(value)
+
+
+def describe_change(detail: dict[str, Any]) -> str:
+    """``status: draft -> review`` for a ``state`` record's detail."""
+    name = detail.get("name")
+    new = detail.get("new")
+    return f"{name}: {_short(name, detail.get('old'))} -> {'(removed)' if new is None else _short(name, new)}"
+
+
 def _what(r: Record) -> str:
-    d = r.detail
     if r.action == "state":
-        return f"{d.get('name')}: {d.get('old') or '(none)'} -> {d.get('new') or '(removed)'}"
+        return describe_change(r.detail)
     if r.agent == TTL_AGENT:
         return "expired (ttl)"
     return r.action
