@@ -690,6 +690,8 @@ async def prune(ws: Workspace, *, now: float | None = None, dry_run: bool = Fals
     now = time.time() if now is None else now
     caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent=TTL_AGENT)
     done: list[str] = []
+    if not dry_run and expired_paths(ws.ns, now):
+        await ws.pull()  # another mount may have pruned them already
     for path in expired_paths(ws.ns, now):
         node = ws.ns.resolve(path)
         if node is None or node.parent is None:
@@ -738,6 +740,8 @@ async def background(workspaces: Callable[[], list[Workspace]], *, read_only: bo
                 await flush_state_md(ws)
             except AgentFSError as e:
                 log.warning("agent state of %s: %s", ws.name, e)
+            except Exception:  # a bug must not end the mount's nursery
+                log.exception("agent state of %s failed unexpectedly", ws.name)
         if mono - last_prune >= PRUNE_INTERVAL:
             last_prune = mono
 

@@ -880,6 +880,11 @@ class Workspace:
             change = agentstate.prepare_set(node, self.ns.root.entry, name, value, caller,
                                             path=self.ns.path_of(node) or "", default_agent=self.agent)
             if change is not None:
+                of = self.open_files.get(node.ino)
+                if node.pending and of is not None and of.dirty:
+                    # A new file reaches the store first (as for a rename), so
+                    # the state change is a record of its own.
+                    await self._upload(of, caller)
                 await self._update_entry(node, {"xattrs": change.xattrs, "ctime_ns": time.time_ns()},
                                          change.action, caller, **change.detail)
                 return

@@ -467,3 +467,13 @@ def test_state_md_summarises_counts_and_recent_changes(clients: Callable[..., Wo
 def test_render_state_md_without_state() -> None:
     md = agentstate.render_state_md("w", [], [], now=0)
     assert "No file has agent state yet." in md and "1970-01-01T00:00:00Z" in md
+
+
+def test_cli_help() -> None:
+    for args in (("state", "--help"), ("state", "ls", "--help"), ("state", "set", "--help"),
+                 ("state", "get", "--help"), ("state", "lifecycle", "--help"), ("log", "--help"),
+                 ("prune", "--help")):
+        r = cli(*args)
+        assert r.returncode == 0 and b"Usage" in r.stdout and not r.stderr, (args, r.stderr)
+    top = cli("--help").stdout.decode()
+    assert "state" in top and "prune" in top and "log" in top

@@ -248,3 +248,19 @@ def test_state_md_is_written_by_the_mount(mounter: Callable[..., Mount], store_u
     assert "STATE.md" not in os.listdir(ws)
     os.unlink(ws / "b.md")
     wait_for(lambda: "review" not in md().split("## Recent changes")[0])
+
+
+def test_state_set_on_a_new_open_file_is_its_own_record(mounter: Callable[..., Mount], store_url: str) -> None:
+    m = mounter(store_url, "--agent", "maker")
+    ws = m.path / "ws"
+    ws.mkdir()
+    fd = os.open(ws / "new.md", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"draft text")
+        os.setxattr(fd, P + "status", b"draft")
+        os.write(fd, b", more")
+    finally:
+        os.close(fd)
+    assert (ws / "new.md").read_bytes() == b"draft text, more"
+    rows = [(x["action"], x.get("new")) for x in log_json(store_url) if x["path"] == "new.md"]
+    assert rows[0] == ("create", None) and ("state", "draft") in rows and rows[-1] == ("write", None)
