@@ -78,6 +78,13 @@ def test_typed_state_with_setfattr_getfattr_and_os(mounter: Callable[..., Mount]
     assert "user.agentfs.updated_by=" in r.stdout and "user.agentfs.ttl=" in r.stdout
     assert json.loads(os.getxattr(f, P + "ttl"))["seconds"] == 3600
     assert f.read_text() == "# report\n"  # the bytes are untouched
+    xattr = pytest.importorskip("xattr")  # the `xattr` package (test extra)
+    x = xattr.xattr(str(f))
+    x[P + "owner"] = b"pkg-agent"
+    assert x[P + "owner"] == b"pkg-agent" and x[P + "status"] == b"draft"
+    with pytest.raises(OSError) as ei:
+        x[P + "status"] = b"not-a-status"
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_invalid_values_are_einval_and_the_mount_stays_alive(mounter: Callable[..., Mount],
