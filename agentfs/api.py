@@ -12,6 +12,7 @@ subclasses (``OSError`` with the errno a syscall would give).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -23,9 +24,11 @@ from typing import Any
 
 import trio
 
+from agentfs import agentstate
 from agentfs.cache import Cache
 from agentfs.errors import AgentFSError, AlreadyExists, IsADirectory, NotFound
 from agentfs.identity import Caller
+from agentfs.models import StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
 from agentfs.workspace import OpenFile, Workspace
@@ -289,6 +292,53 @@ class WorkspaceClient:
 
     def removexattr(self, path: str, name: str) -> None:
         self._run(lambda: self._w.removexattr(self._node(path), name, self.caller))
+
+    # -- agent state (issue 3): see agentstate.py ----------------------------------------
+
+    def state(self, path: str) -> StateRow | None:
+        """The agent state of one file or directory (None: it has none)."""
+        async def go() -> StateRow | None:
+            return agentstate.row_of(path.strip("/"), self._node(path).entry)
+        return self._run(go)
+
+    def set_state(self, path: str, **fields: str | list[str] | None) -> StateRow | None:
+        """Set typed state: ``status=``, ``owner=``, ``task=``, ``labels=`` (a
+        list or a comma list), ``ttl=`` (``"1h"``, seconds), ``note=``; None
+        removes a field.  One validated xattr write each, in the order given
+        (a bad value raises :class:`agentfs.errors.InvalidState` and leaves
+        the fields before it set); STATE.md is rewritten afterwards."""
+        for key, value in fields.items():
+            name = agentstate.PREFIX + key
+            if value is None:
+                if name in self.listxattr(path):
+                    self.removexattr(path, name)
+                continue
+            raw = json.dumps(value) if isinstance(value, list) else str(value)
+            self.setxattr(path, name, raw.encode())
+        self.write_state_md()
+        return self.state(path)
+
+    def state_ls(self, *, status: str | None = None, owner: str | None = None, label: str | None = None,
+                 under: str = "") -> list[StateRow]:
+        """Every file with agent state, filtered (answered from the namespace)."""
+        async def go() -> list[StateRow]:
+            return agentstate.state_rows(self._w.ns, status=status, owner=owner, label=label, under=under)
+        return self._run(go)
+
+    def prune(self, *, dry_run: bool = False) -> list[str]:
+        """Remove files and directories whose ttl expired (not open here);
+        returns their paths.  STATE.md is rewritten when something went."""
+        gone = self._run(lambda: agentstate.prune(self._w, dry_run=dry_run))
+        if gone and not dry_run:
+            self.write_state_md()
+        return gone
+
+    def write_state_md(self) -> None:
+        """Rewrite ``.agentfs/<ws>/STATE.md`` now."""
+        async def go() -> None:
+            self._w.recent.dirty = True
+            await agentstate.flush_state_md(self._w, force=True)
+        self._run(go)
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = [
     "ConflictError",
     "CorruptRecord",
     "InvalidArgument",
+    "InvalidState",
     "IsADirectory",
     "NameTooLong",
     "NoAttribute",
@@ -35,6 +36,7 @@ __all__ = [
     "PermissionDenied",
     "PreconditionFailed",
     "ReadOnly",
+    "ReadOnlyAttribute",
     "Stale",
     "StoreError",
     "StoreUnavailable",
@@ -174,3 +176,22 @@ class StoreUnavailable(StoreError):
     errno_code = _errno.EIO
     log_level = logging.WARNING
     exit_code = 69  # EX_UNAVAILABLE
+
+
+# -- agent state (issue 3) ------------------------------------------------------
+
+
+class InvalidState(InvalidArgument):
+    """A bad value for a typed ``user.agentfs.*`` attribute: unknown name,
+    bad JSON, wrong type, oversize, unknown status or a forbidden transition.
+    Logged once at WARNING by the FUSE boundary (the caller gets EINVAL)."""
+
+    log_level = logging.WARNING
+
+
+class ReadOnlyAttribute(NotPermitted):
+    """A write to an attribute agentfs maintains itself
+    (``user.agentfs.updated_by``/``updated_at``): EPERM."""
+
+    log_level = logging.WARNING
+    exit_code = 64

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,11 +26,14 @@ __all__ = [
     "Commit",
     "DelOp",
     "Entry",
+    "Lifecycle",
     "MoveOp",
     "Op",
     "PutOp",
     "Record",
     "State",
+    "StateRow",
+    "TTLValue",
     "decode_xattr",
     "encode_xattr",
 ]
@@ -145,3 +148,92 @@ def encode_xattr(value: bytes) -> str:
 
 def decode_xattr(value: str) -> bytes:
     return base64.b64decode(value)
+
+
+# -- agent state (issue 3): typed user.agentfs.* values ---------------------------------
+
+#: The default lifecycle of ``user.agentfs.status``.
+DEFAULT_TRANSITIONS: dict[str, list[str]] = {
+    "draft": ["in_progress", "review", "failed", "archived"],
+    "in_progress": ["draft", "review", "failed", "archived"],
+    "review": ["in_progress", "approved", "failed", "archived"],
+    "approved": ["final", "review", "failed", "archived"],
+    "final": ["archived"],
+    "failed": ["draft", "in_progress", "archived"],
+    "archived": ["draft"],
+}
+
+_STATUS_RE = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class Lifecycle(_Model):
+    """The statuses of a workspace and the transitions allowed between them.
+
+    Stored as JSON in the xattr ``user.agentfs.lifecycle`` of the workspace
+    root (so it is journaled and every mount sees it); absent means the default.
+    ``initial`` lists the statuses a file without a status may take (None: any).
+    """
+
+    statuses: list[Annotated[str, Field(pattern=_STATUS_RE)]] = Field(min_length=1, max_length=64)
+    #: from -> allowed targets; None: any status may follow any other.
+    transitions: dict[str, list[str]] | None = None
+    initial: list[str] | None = None
+
+    @field_validator("transitions")
+    @classmethod
+    def _known_names(cls, v: dict[str, list[str]] | None, info: Any) -> dict[str, list[str]] | None:
+        known = set(info.data.get("statuses") or [])
+        for src, dsts in (v or {}).items():
+            bad = [s for s in [src, *dsts] if s not in known]
+            if bad:
+                raise ValueError(f"transition names unknown status {bad[0]!r}")
+        return v
+
+    @field_validator("initial")
+    @classmethod
+    def _known_initial(cls, v: list[str] | None, info: Any) -> list[str] | None:
+        known = set(info.data.get("statuses") or [])
+        for s in v or []:
+            if s not in known:
+                raise ValueError(f"initial names unknown status {s!r}")
+        return v
+
+    def allowed(self, old: str | None, new: str) -> bool:
+        """May a file go from ``old`` (None: no status yet) to ``new``?"""
+        if new not in self.statuses:
+            return False
+        if old == new:
+            return True
+        if old is None or old not in self.statuses:
+            return self.initial is None or new in self.initial
+        return self.transitions is None or new in self.transitions.get(old, [])
+
+    @classmethod
+    def default(cls) -> Lifecycle:
+        """draft -> in_progress -> review -> approved -> final, plus failed/archived."""
+        return cls(statuses=list(DEFAULT_TRANSITIONS),
+                   transitions={k: list(v) for k, v in DEFAULT_TRANSITIONS.items()})
+
+
+class TTLValue(_Model):
+    """The stored form of ``user.agentfs.ttl``: the duration and the absolute
+    expiry it gave when it was set (seconds since the epoch, and ISO UTC)."""
+
+    seconds: float = Field(gt=0, le=10 * 366 * 86400)
+    expires_at: float
+    expires: str = ""
+
+
+class StateRow(_Model):
+    """One file or directory with agent state, as ``agentfs state ls`` shows it."""
+
+    path: str
+    kind: Literal["file", "dir", "symlink"]
+    status: str | None = None
+    owner: str | None = None
+    task: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    expires_at: float | None = None
+    note: str | None = None
+    updated_by: str | None = None
+    updated_at: str | None = None

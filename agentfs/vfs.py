@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from agentfs import agentstate
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -481,6 +482,9 @@ class FileSystem:
         nursery.start_soon(self.invalidator)
         nursery.start_soon(self.tail)
         nursery.start_soon(self.scanner)
+        # Agent state (issue 3): TTL pruning and STATE.md.
+        nursery.start_soon(lambda: agentstate.background(lambda: list(self.workspaces.values()),
+                                                         read_only=self.read_only))
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), then drop the cache."""
@@ -491,6 +495,11 @@ class FileSystem:
                     for of in ws.open_files.values() if of.dirty]
             log.error("unmount: could not upload %d files (%s): %s", len(lost), e, ", ".join(
                 str(p) for p in lost[:20]))
+        for ws in self.workspaces.values():  # agent state (issue 3): last STATE.md
+            try:
+                await agentstate.flush_state_md(ws, force=True)
+            except AgentFSError as e:
+                log.warning("unmount: STATE.md of %s not written: %s", ws.name, e)
         for h in list(self.handles.values()):
             h.of.close_local()
         self.cache.close()

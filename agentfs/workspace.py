@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 
+from agentfs import agentstate
 from agentfs.cache import Cache
 from agentfs.errors import (
     AlreadyExists,
@@ -260,6 +261,10 @@ class Workspace:
         self._missing_seen: set[str] = set()
         #: Closed files whose last upload failed, with who wrote them.
         self._retry: dict[int, Caller] = {}
+        # Agent state (issue 3): xattr read-modify-write is serialised in this
+        # mount; recent state changes feed STATE.md (see agentstate.py).
+        self._xattr_lock = trio.Lock()
+        self.recent = agentstate.RecentChanges()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -320,6 +325,7 @@ class Workspace:
         for r in commit.records:
             ch.merge(self.ns.apply(r.op, r.time))
         self.ns.seq = commit.seq
+        self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
         if notify and self.on_change is not None:
             self.on_change(ch)
         return ch
@@ -868,17 +874,39 @@ class Workspace:
         self._check_xattr_name(name)
         if len(value) > MAX_XATTR_VALUE:
             raise TooBig("xattr value larger than 64 KiB")
-        xattrs = {**node.entry.xattrs, name: encode_xattr(value)}
-        await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "setxattr",
-                                 caller, name=name, size=len(value))
+        async with self._xattr_lock:
+            # Agent state (issue 3): typed user.agentfs.* names are validated,
+            # stamped and journaled as "state" old -> new (agentstate.py).
+            change = agentstate.prepare_set(node, self.ns.root.entry, name, value, caller,
+                                            path=self.ns.path_of(node) or "", default_agent=self.agent)
+            if change is not None:
+                of = self.open_files.get(node.ino)
+                if node.pending and of is not None and of.dirty:
+                    # A new file reaches the store first (as for a rename), so
+                    # the state change is a record of its own.
+                    await self._upload(of, caller)
+                await self._update_entry(node, {"xattrs": change.xattrs, "ctime_ns": time.time_ns()},
+                                         change.action, caller, **change.detail)
+                return
+            xattrs = {**node.entry.xattrs, name: encode_xattr(value)}
+            await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "setxattr",
+                                     caller, name=name, size=len(value))
 
     async def removexattr(self, node: Node, name: str, caller: Caller) -> None:
         self._writable()
-        if name not in node.entry.xattrs:
-            raise NoAttribute(path=name)
-        xattrs = {k: v for k, v in node.entry.xattrs.items() if k != name}
-        await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "removexattr",
-                                 caller, name=name)
+        async with self._xattr_lock:
+            if name not in node.entry.xattrs:
+                raise NoAttribute(path=name)
+            # Agent state (issue 3): see setxattr.
+            change = agentstate.prepare_remove(node, name, caller, path=self.ns.path_of(node) or "",
+                                               default_agent=self.agent)
+            if change is not None:
+                await self._update_entry(node, {"xattrs": change.xattrs, "ctime_ns": time.time_ns()},
+                                         change.action, caller, **change.detail)
+                return
+            xattrs = {k: v for k, v in node.entry.xattrs.items() if k != name}
+            await self._update_entry(node, {"xattrs": xattrs, "ctime_ns": time.time_ns()}, "removexattr",
+                                     caller, name=name)
 
     # -- removing -------------------------------------------------------------------
 

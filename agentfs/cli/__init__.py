@@ -21,8 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentfs.cli import state as _state_cli
 from agentfs.config import MountConfig, default_store_path, default_store_url
-from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
+from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory
 
 __all__ = ["app", "main"]
 
@@ -345,46 +346,8 @@ def check(
     raise typer.Exit(0 if rep.clean else 1)
 
 
-@app.command("log")
-def log_cmd(
-    target: str,
-    as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option(help="Show at most this many records (newest)")] = 50,
-    endpoint_url: EndpointOpt = None,
-    store: StoreOpt = None,
-) -> None:
-    """Show the journal of a workspace: who changed what, when."""
-    from agentfs.cli.target import parse_target
-    from agentfs.journal import Journal
-
-    t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
-    if not t.workspace:
-        raise InvalidArgument("target names no workspace", path=target)
-    j = Journal(t.store, t.workspace)
-    commits = j.commits_after(0)
-    if not commits and not j.exists():
-        raise NotFound("no such workspace", path=t.workspace)
-    rows = []
-    for c in commits:
-        for r in c.records:
-            p = getattr(r.op, "path", None)
-            if p is None:
-                p = f"{r.op.src} -> {r.op.dst}"
-            if t.path and not p.startswith(t.path):
-                continue
-            rows.append({"seq": c.seq, "time": r.time, "agent": r.agent, "pid": r.pid, "uid": r.uid,
-                         "action": r.action, "path": p, **{k: v for k, v in r.detail.items()}})
-    rows = rows[-limit:]
-    if as_json:
-        typer.echo(json.dumps(rows))
-        return
-    table = Table(box=None)
-    for col in ("seq", "time", "agent", "action", "path"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(str(r["seq"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
-                      str(r["agent"]), str(r["action"]), str(r["path"]))
-    out.print(table)
+# Agent state and the audit log (issue 3): state ls/get/set/lifecycle, log, prune.
+_state_cli.register(app)
 
 
 def main() -> None:
