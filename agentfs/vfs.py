@@ -54,6 +54,14 @@ CONTROL_STATUS = "user.agentfs.mount.status"
 RETRY_INTERVAL = 5.0
 TAIL_MIN = 0.2
 TAIL_MAX = 1.0
+#: With no request from the kernel for this long the mount is idle: the
+#: journal tail backs off towards TAIL_IDLE_MAX and the scanner pauses, so an
+#: unused mount costs a few requests a minute instead of one a second.
+IDLE_AFTER = 10.0
+TAIL_IDLE_MAX = 30.0
+#: The first request after an idle period waits this long at most for the
+#: journal catch-up it triggers (so a store outage cannot stall it).
+CATCH_UP_WAIT = 2.0
 
 
 class Notifier:
@@ -108,6 +116,10 @@ class FileSystem:
         self.root_mtime_ns = time.time_ns()
         self._loading: dict[str, trio.Event] = {}
         self._kept_etag: dict[int, str | None] = {}
+        self._last_access = time.monotonic()
+        self._requests = 0
+        self._wake_tail = trio.Event()
+        self._caught_up: trio.Event | None = None
 
     # -- workspaces ------------------------------------------------------------
 
@@ -434,18 +446,61 @@ class FileSystem:
                 except OSError as e:
                     log.debug("invalidate %s %s: %s", kind, ino, e)
 
+    @property
+    def idle(self) -> bool:
+        """No request from the kernel in flight or for :data:`IDLE_AFTER` seconds."""
+        return self._requests == 0 and time.monotonic() - self._last_access > IDLE_AFTER
+
+    def request_done(self) -> None:
+        """The FUSE adapter's counterpart of :meth:`accessed`."""
+        self._requests -= 1
+        self._last_access = time.monotonic()
+
+    async def accessed(self) -> None:
+        """Note a request from the kernel (called by the FUSE adapter first).
+
+        The first request after an idle period wakes the journal tail and
+        waits (at most :data:`CATCH_UP_WAIT`) for it to catch up, so a mount
+        that was idle shows other mounts' changes as soon as it is used again
+        although it polled rarely meanwhile.
+        """
+        was_idle = self.idle
+        self._requests += 1
+        self._last_access = time.monotonic()
+        if not was_idle and self._caught_up is None:
+            return
+        if self._caught_up is None:
+            self._caught_up = trio.Event()
+            self._wake_tail.set()
+        with trio.move_on_after(CATCH_UP_WAIT):
+            await self._caught_up.wait()
+
     async def tail(self) -> None:
-        """Follow every loaded workspace's journal (adaptive interval)."""
+        """Follow every loaded workspace's journal.
+
+        The interval adapts: TAIL_MIN right after changes arrived, growing to
+        TAIL_MAX while the mount is in use and to TAIL_IDLE_MAX when idle.
+        """
         interval = TAIL_MIN
         while True:
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):
+                await self._wake_tail.wait()
+            if self._wake_tail.is_set():
+                self._wake_tail = trio.Event()
+                interval = TAIL_MIN
+            waiting, self._caught_up = self._caught_up, None
             got = 0
-            for ws in list(self.workspaces.values()):
-                try:
-                    got += await ws.pull()
-                except AgentFSError as e:
-                    log.warning("tail of %s: %s", ws.name, e)
-            interval = TAIL_MIN if got else min(TAIL_MAX, interval * 1.5)
+            try:
+                for ws in list(self.workspaces.values()):
+                    try:
+                        got += await ws.pull()
+                    except AgentFSError as e:
+                        log.warning("tail of %s: %s", ws.name, e)
+            finally:
+                if waiting is not None:
+                    waiting.set()
+            cap = TAIL_IDLE_MAX if self.idle else TAIL_MAX
+            interval = TAIL_MIN if got else min(cap, interval * 1.5)
 
     async def scanner(self) -> None:
         """Adopt external writes periodically (first pass right after mount)."""
@@ -453,6 +508,9 @@ class FileSystem:
             return
         await trio.sleep(1.0)
         while True:
+            if self.idle:  # nobody looks: adoption can wait until someone does
+                await trio.sleep(1.0)
+                continue
             for ws in list(self.workspaces.values()):
                 try:
                     await ws.scan()

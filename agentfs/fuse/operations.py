@@ -46,7 +46,9 @@ def boundary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> T:
+        fs = args[0].fs
         try:
+            await fs.accessed()
             return await fn(*args)
         except pyfuse3.FUSEError:
             raise
@@ -64,6 +66,8 @@ def boundary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
                 raise
             log.error("%s failed unexpectedly", fn.__name__, exc_info=raw)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            fs.request_done()
 
     return wrapper
 
