@@ -15,6 +15,7 @@ deduplicated (one in flight per block), the store I/O runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -40,15 +41,19 @@ READAHEAD_CONCURRENCY = 8
 class BlockFile:
     """A sparse local copy of one object version, with the set of blocks present."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, *, complete: bool = False) -> None:
         self.path = path
         self.size = size
         self.present: set[int] = set()
         self.inflight: dict[int, trio.Event] = {}
         self.users = 0
         self.last_end = -1
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, size)
+        if complete:  # an existing file holding every byte of the version
+            self.fd = os.open(path, os.O_RDWR)
+            self.present = set(range(self.nblocks))
+        else:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(self.fd, size)
 
     @property
     def nblocks(self) -> int:
@@ -190,6 +195,34 @@ class Cache:
         finally:
             del bf.inflight[b]
             ev.set()
+        self._maybe_evict()
+
+    def adopt(self, path: Path, key: str, etag: str, size: int) -> None:
+        """Make a working copy that now equals version ``etag`` of ``key``
+        (just uploaded) the clean cached copy of that version (O(1), a
+        rename): reading the file back, or opening it again to append, then
+        needs no GET.  A working copy of another size is dropped instead."""
+        name = self._name(key, etag)
+        try:
+            if os.stat(path).st_size != size:
+                os.unlink(path)
+                return
+            old = self._files.get(name)
+            if old is not None:
+                if old.users > 0:
+                    os.unlink(path)
+                    return
+                self._evict_one(name)
+            dst = self.root / "blocks" / name
+            os.rename(path, dst)
+            bf = BlockFile(dst, size, complete=True)
+        except OSError as e:
+            log.debug("cache: could not adopt %s: %s", path, e)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
+        self._files[name] = bf
+        self._bytes += len(bf.present) * BLOCK_SIZE
         self._maybe_evict()
 
     def take(self, bf: BlockFile) -> Path:

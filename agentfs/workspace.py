@@ -711,6 +711,16 @@ class Workspace:
             return
         self.open_files.pop(of.node.ino, None)
         self._retry.pop(of.node.ino, None)
+        e = of.node.entry
+        path = self.ns.path_of(of.node)
+        if (of.local is not None and of.fd >= 0 and not of.dirty and e.etag is not None
+                and e.etag == of.base_etag and path is not None):
+            # The working copy holds the committed version: keep it as the
+            # clean cached copy (read-back and the next append need no GET).
+            os.close(of.fd)
+            of.fd = -1
+            local, of.local = of.local, None
+            self.cache.adopt(local, self.key(path), e.etag, e.size)
         of.close_local()
         self.ns.table.maybe_drop(of.node)
 
