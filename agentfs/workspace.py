@@ -736,6 +736,10 @@ class Workspace:
             except PreconditionFailed:
                 await self._keep_conflict(of, path, caller)
                 return
+            # issue 7: the object at the key is ours now.  Should the commit below
+            # fail (store outage), the retried upload must replace this version,
+            # not fail its condition against it and turn into a false conflict.
+            of.base_etag = info.etag
             entry = node.entry.model_copy(update={
                 "size": size, "etag": info.etag, "sha256": sha,
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),

@@ -8,11 +8,13 @@ Configuration: ``S3Store(bucket, prefix, endpoint_url=...)``; without
 standard AWS chain (environment, profile, instance role); they never appear in
 :attr:`url` or in error messages.
 
-Retries: botocore owns them (standard mode, ``max_attempts`` tries with
-backoff, bounded connect/read timeouts); s3fs's own retry loop is turned down
-to a single attempt so the two never multiply.  The only retry here is the
-resumption of a response *body* that broke mid-stream, which botocore cannot
-retry: it resumes at the same offset pinned to the same ETag.
+Retries: owned by :class:`agentfs.store.retry.RetryingStore` (which
+:func:`agentfs.store.open_store` puts over every backend).  botocore is set
+to ``max_attempts=1`` by default (a direct user may raise it) with bounded
+connect/read timeouts, and s3fs's own retry loop is turned down to a single
+attempt, so retries never multiply.  The only retry here is the resumption of
+a response *body* that broke mid-stream (not a new request): it resumes at
+the same offset pinned to the same ETag.
 
 Fork safety: the ``S3FileSystem`` is created lazily on first use, and again in
 a forked child, because fsspec's event loop does not survive ``fork``.
@@ -196,7 +198,7 @@ class S3Store(ObjectStore):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        max_attempts: int = 5,
+        max_attempts: int = 1,  # RetryingStore owns retries
         connect_timeout: float = 5,
         read_timeout: float = 30,
     ) -> None:
@@ -237,7 +239,7 @@ class S3Store(ObjectStore):
         with self._fs_lock:
             if self._fs is None or self._fs_pid != pid:
                 config: dict[str, Any] = {
-                    "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                    "retries": {"total_max_attempts": self.max_attempts, "mode": "standard"},
                     "connect_timeout": self.connect_timeout,
                     "read_timeout": self.read_timeout,
                 }
