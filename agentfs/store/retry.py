@@ -198,9 +198,8 @@ class RetryingStore(ObjectStore):
         start = time.monotonic()
         n = 0
         while True:
-            it = self.inner.list(prefix, start_after=last)
             try:
-                for info in it:
+                for info in self.inner.list(prefix, start_after=last):
                     last = info.key
                     yield info
                 return
