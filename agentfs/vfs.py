@@ -341,6 +341,10 @@ class FileSystem:
 
     async def flush(self, fh: int) -> None:
         h = self._h(fh)
+        if not h.write:
+            # issue 7: closing a read-only descriptor uploads nothing, so it never
+            # fails with another writer's upload error (e.g. EIO in a store outage).
+            return
         await h.ws.flush(h.of, h.caller)
 
     async def fsync(self, fh: int) -> None:
