@@ -24,6 +24,7 @@ from agentfs.errors import AgentFSError, CorruptRecord
 from agentfs.journal import META
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
+from agentfs.store.retry import unwrap
 from agentfs.workspace import Workspace, check_workspace_name
 
 __all__ = ["CheckReport", "WorkspaceReport", "check_store"]
@@ -130,6 +131,12 @@ def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repa
     if temp:
         report.notices.append(f"{len(temp)} temporary objects in .agentfs-tmp/")
         if repair:
-            for k in temp:
-                store.delete(k)
+            # issue 7: a local store's temp files are not keys (delete refuses
+            # them); the backend removes them itself.
+            remover = getattr(unwrap(store), "remove_temporary", None)
+            if remover is not None:
+                report.notices.append(f"removed {remover()} temporary objects")
+            else:
+                for k in temp:
+                    store.delete(k)
     return report
