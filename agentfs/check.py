@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, Field
 
+from agentfs import intents
 from agentfs.cache import Cache
 from agentfs.errors import AgentFSError, CorruptRecord
 from agentfs.journal import META
@@ -104,6 +105,9 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
             rep.notices.append(f"leftover object {path!r} of an interrupted operation")
         else:
             rep.notices.append(f"untracked object {path!r} (an external write, adopted on the next scan)")
+    for key, intent in await trio.to_thread.run_sync(intents.pending, ws.journal):
+        rep.notices.append(f"rename intent {key} ({intent.src!r} -> {intent.dst!r}) not finished"
+                           if intent is not None else f"unreadable rename intent {key}")
     if repair:
         n = await ws.scan(now=float("inf"))
         if n:

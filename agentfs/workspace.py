@@ -41,8 +41,10 @@ from typing import Any
 
 import trio
 
+from agentfs import intents
 from agentfs.cache import Cache
 from agentfs.errors import (
+    AgentFSError,
     AlreadyExists,
     BadName,
     CorruptRecord,
@@ -260,6 +262,8 @@ class Workspace:
         self._missing_seen: set[str] = set()
         #: Closed files whose last upload failed, with who wrote them.
         self._retry: dict[int, Caller] = {}
+        #: issue 7: ids of this mount's rename intents in progress (agentfs/intents.py).
+        self._renaming: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -985,12 +989,22 @@ class Workspace:
                     raise Stale("the file changed in the store during the rename", path=old_key) from None
                 etags[rel] = info.etag
 
+            # issue 7: an intent names the new keys first, so copies of a rename
+            # killed before its commit are removed, not adopted (agentfs/intents.py)
+            intent = await self._io(intents.begin, self.journal, seq=self.ns.seq, src=src_path,
+                                    dst=dst_path, mount=self.mount_id,
+                                    keys=[self.key(join(dst_path, rel) if rel else dst_path)
+                                          for rel, _ in files]) if files else None
+            if intent is not None:
+                self._renaming.add(intent.id)
             async with trio.open_nursery() as nursery:
                 for rel, n in files:
                     nursery.start_soon(copy_one, rel, n)
             old_etags = {rel: n.entry.etag for rel, n in files}
             # 2. one commit: the rename is atomic as seen through the mount
-            records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller)]
+            tag = {"intent": intent.id} if intent is not None else {}
+            records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller,
+                                   **tag)]
             records += await self._touch_dir(old_parent, caller)
             if new_parent is not old_parent:
                 records += await self._touch_dir(new_parent, caller)
@@ -1006,6 +1020,12 @@ class Workspace:
             if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
                 garbage.append((self.key(dst_path), dst.entry.etag))
             await self._delete_keys(garbage)
+            if intent is not None:
+                self._renaming.discard(intent.id)
+                try:
+                    await self._io(intents.end, self.journal, intent)
+                except AgentFSError as e:  # settled later by a scan: the commit is there
+                    log.warning("workspace %s: could not remove rename intent: %s", self.name, e)
 
     # -- whole-workspace operations ---------------------------------------------------
 
@@ -1033,6 +1053,8 @@ class Workspace:
             return 0
         now = now or time.time()
         prefix = self.key("")
+        # issue 7: interrupted renames are undone; keys of renames in progress wait
+        in_progress = await intents.settle(self, now, self._renaming)
         objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
         caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
         records: list[Record] = []
@@ -1050,6 +1072,8 @@ class Workspace:
             if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
                 continue
             if node is not None and (node.pending or node.ino in self.open_files):
+                continue
+            if o.key in in_progress:
                 continue
             if now - o.mtime < ADOPT_GRACE and not (changed_now and node is not None):
                 continue  # maybe an upload whose commit is on its way

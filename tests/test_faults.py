@@ -162,7 +162,7 @@ def test_retry_never_retries_final_errors() -> None:
 
 
 def test_list_resumes_after_broken_page() -> None:
-    st, f = faulty(f"memory://l{uuid.uuid4().hex}", seed=SEED, rate=0.3)
+    st, _f = faulty(f"memory://l{uuid.uuid4().hex}", seed=SEED, rate=0.3)
     keys = sorted(f"p/{i:04d}" for i in range(300))
     for k in keys:
         st.put(k, b"")
