@@ -131,16 +131,14 @@ def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repa
             report.workspaces.append(await _check_ws(store, name, repair, tmp))
 
     trio.run(main)
-    temp = [o.key for o in store.list(".agentfs-tmp/") if not o.key.startswith(".agentfs-tmp/locks/")]
+    # issue 7: temporary state of the backend (local temp files, unfinished
+    # S3 multipart uploads); a repair removes it (run it when no mount writes).
+    backend = unwrap(store)
+    lister = getattr(backend, "list_temporary", None)
+    temp = lister() if lister is not None else []
     if temp:
-        report.notices.append(f"{len(temp)} temporary objects in .agentfs-tmp/")
+        report.notices.append(f"{len(temp)} temporary objects: {', '.join(temp[:5])}"
+                              + (" ..." if len(temp) > 5 else ""))
         if repair:
-            # issue 7: a local store's temp files are not keys (delete refuses
-            # them); the backend removes them itself.
-            remover = getattr(unwrap(store), "remove_temporary", None)
-            if remover is not None:
-                report.notices.append(f"removed {remover()} temporary objects")
-            else:
-                for k in temp:
-                    store.delete(k)
+            report.notices.append(f"removed {backend.remove_temporary()} temporary objects")  # type: ignore[attr-defined]
     return report

@@ -174,6 +174,14 @@ class LocalStore(ObjectStore):
         except OSError as e:
             log.warning("could not remove temp file %s: %s", path, e)
 
+    def list_temporary(self) -> list[str]:
+        """Temp files in ``.agentfs-tmp/`` (left by a process killed mid-write)."""
+        try:
+            with os.scandir(self._tmp) as it:
+                return sorted(f"{TMP_DIR}/{e.name}" for e in it if e.name.endswith(".tmp"))
+        except OSError:
+            return []
+
     def remove_temporary(self, older_than: float = 0.0) -> int:
         """Remove temp files of ``.agentfs-tmp/`` older than ``older_than`` seconds.
 

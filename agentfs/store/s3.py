@@ -608,6 +608,38 @@ class S3Store(ObjectStore):
         except NotFound:
             pass
 
+    # -- issue 7: temporary state (unfinished multipart uploads) ----------------
+
+    def _uploads(self) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated) of every unfinished multipart upload under the prefix."""
+        out: list[tuple[str, str, float]] = []
+        kw: dict[str, Any] = {"Prefix": self.prefix} if self.prefix else {}
+        while True:
+            resp = self._call("list_multipart_uploads", "", **kw)
+            for u in resp.get("Uploads", ()):
+                out.append((u["Key"][len(self.prefix):], u["UploadId"], u["Initiated"].timestamp()))
+            if not resp.get("IsTruncated"):
+                return out
+            kw = {**kw, "KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
+
+    def list_temporary(self) -> list[str]:
+        """Unfinished multipart uploads (left by a process killed mid-upload)."""
+        return [f"upload:{k}" for k, _, _ in self._uploads()]
+
+    def remove_temporary(self, older_than: float = 0.0) -> int:
+        """Abort unfinished multipart uploads started more than ``older_than`` seconds ago.
+
+        The hook of ``agentfs check --repair``; only safe while no process
+        uploads to the store, unless ``older_than`` exceeds any upload's time.
+        """
+        cutoff = time.time() - older_than
+        n = 0
+        for key, upload_id, initiated in self._uploads():
+            if initiated <= cutoff:
+                self._abort(key, upload_id)
+                n += 1
+        return n
+
     def close(self) -> None:
         """Drop the S3 client (its session is closed by s3fs's finalizer)."""
         self._fs = None
