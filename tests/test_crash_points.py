@@ -50,6 +50,8 @@ ROUNDS = int(os.environ.get("CRASH_POINTS_ROUNDS", "30"))
 COMPACT_ROUNDS = int(os.environ.get("CRASH_COMPACT_ROUNDS", "8"))
 RENAME_ROUNDS = int(os.environ.get("CRASH_RENAME_ROUNDS", "8"))
 MULTIPART_ROUNDS = int(os.environ.get("CRASH_MULTIPART_ROUNDS", "4"))
+#: Shifts every seed (the soak script runs new kill points each pass).
+SEED_BASE = int(os.environ.get("CRASH_SEED_BASE", "0"))
 
 #: Kill points survived, for the closing note (printed with -s).
 SURVIVED: dict[str, int] = {}
@@ -58,7 +60,7 @@ SURVIVED: dict[str, int] = {}
 def _seeds(base: int, n: int) -> list[int]:
     if "CRASH_SEED" in os.environ:
         return [int(os.environ["CRASH_SEED"])]
-    return [base + r for r in range(n)]
+    return [SEED_BASE + base + r for r in range(n)]
 
 
 def check_clean_or_repaired(url: str, context: str) -> None:
