@@ -997,18 +997,24 @@ class Workspace:
                                           for rel, _ in files]) if files else None
             if intent is not None:
                 self._renaming.add(intent.id)
-            async with trio.open_nursery() as nursery:
-                for rel, n in files:
-                    nursery.start_soon(copy_one, rel, n)
-            old_etags = {rel: n.entry.etag for rel, n in files}
-            # 2. one commit: the rename is atomic as seen through the mount
-            tag = {"intent": intent.id} if intent is not None else {}
-            records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller,
-                                   **tag)]
-            records += await self._touch_dir(old_parent, caller)
-            if new_parent is not old_parent:
-                records += await self._touch_dir(new_parent, caller)
-            await self.commit(records)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for rel, n in files:
+                        nursery.start_soon(copy_one, rel, n)
+                old_etags = {rel: n.entry.etag for rel, n in files}
+                # 2. one commit: the rename is atomic as seen through the mount
+                tag = {"intent": intent.id} if intent is not None else {}
+                records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller,
+                                       **tag)]
+                records += await self._touch_dir(old_parent, caller)
+                if new_parent is not old_parent:
+                    records += await self._touch_dir(new_parent, caller)
+                await self.commit(records)
+            except BaseException:
+                # issue 7: the intent stays in the store; a later scan settles it
+                if intent is not None:
+                    self._renaming.discard(intent.id)
+                raise
             # Open working copies now derive from the copied versions.
             for rel, n in files:
                 of = self.open_files.get(n.ino)

@@ -19,7 +19,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,12 @@ from tests.fixtures_mount import REPO, Mount
 
 #: Inputs tried, for the closing note (printed with -s).
 TRIED: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report() -> Iterator[None]:
+    yield
+    print(f"\n[bad input] {len(TRIED)} hostile inputs tried")
 
 
 def expect_errno(code: int | set[int], fn: Callable[[], object], what: str) -> None:

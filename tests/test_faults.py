@@ -17,7 +17,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,12 @@ TOTALS: dict[str, int] = {}
 
 def _count(name: str, n: int) -> None:
     TOTALS[name] = TOTALS.get(name, 0) + n
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report() -> Iterator[None]:
+    yield
+    print(f"\n[faults] totals: {TOTALS}")
 
 
 def faulty(inner_url: str, **cfg: float | int | str) -> tuple[RetryingStore, FaultyStore]:
@@ -417,6 +423,11 @@ def test_mount_workload_under_faults(mounter: Callable[..., Mount], store_url: s
             assert sorted(os.listdir(root)) == sorted(model), f"seed {SEED} op {i}"
     assert m.unmount() == 0
     assert "injected fault" in m.log_text() or "fault injection on" in m.log_text()
+    # A release slowed by retries may outlive the kernel's interest in its reply
+    # (pyfuse3 logs that as an ERROR; nothing is lost). Any other ERROR fails.
+    m.expect_errors = True
+    other = [ln for ln in m.error_lines() if "fuse_reply_* failed with No such file" not in ln]
+    assert not other, other
     # every byte is in the store: read back without faults and without the mount
     c = WorkspaceClient(open_store(store_url), "ws")
     try:
