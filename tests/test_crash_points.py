@@ -236,3 +236,45 @@ def test_kill_points_during_multipart_upload(mounter: Callable[..., Mount], s3_u
     assert bool(open_uploads) == any("temporary" in n for n in rep.notices), rep.notices
     check_store(open_store(s3_url), repair=True)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_rename_intents_are_settled(local_url: str) -> None:
+    """Library level: an old intent of a rename that never committed has its
+    copies removed (not adopted); one whose rename committed is only dropped;
+    a key that has a committed entry is never deleted."""
+    import agentfs
+    from agentfs.models import RenameIntent
+
+    c = agentfs.open_workspace(local_url, "ws")
+    try:
+        c.mkdir("d")
+        c.write_bytes("d/a", b"A")
+        c.write_bytes("d/b", b"B")
+        c.rename("d", "f")
+        ws = c.ws
+        assert ws is not None
+        store = ws.store
+        pre = f"{META}/ws/intent/"
+        assert list(store.list(pre)) == []  # a finished rename leaves no intent
+        tagged = [r.detail.get("intent") for cm in ws.journal.commits_after(0) for r in cm.records
+                  if r.action == "rename"]
+        assert tagged and tagged[0]
+        # 1. never committed: a copy at a new key, plus a key that is committed now
+        store.put("ws/ghost/a", b"A")
+        lost = RenameIntent(id="lost", seq=ws.ns.seq, src="x", dst="ghost", time=1.0,
+                            keys=["ws/ghost/a", "ws/f/a"])
+        store.put(f"{pre}lost.json", lost.model_dump_json().encode())
+        # 2. committed (the journal has its tagged record): only the intent goes
+        done = RenameIntent(id=str(tagged[0]), seq=0, src="d", dst="f", time=1.0, keys=["ws/f/a", "ws/f/b"])
+        store.put(f"{pre}{done.id}.json", done.model_dump_json().encode())
+        # 3. young (a rename maybe in progress elsewhere): its key is not adopted
+        store.put("ws/young/a", b"Y")
+        young = RenameIntent(id="young", seq=ws.ns.seq, src="y", dst="young", keys=["ws/young/a"])
+        store.put(f"{pre}young.json", young.model_dump_json().encode())
+        c._run(lambda: ws.scan(now=time.time() + 60, changed_now=True))  # type: ignore[attr-defined]
+        assert sorted(o.key for o in store.list(pre)) == [f"{pre}young.json"]
+        keys = {o.key for o in store.list("ws/")}
+        assert "ws/ghost/a" not in keys and {"ws/f/a", "ws/f/b", "ws/young/a"} <= keys
+        assert sorted(c.listdir("")) == ["f"] and c.read_bytes("f/a") == b"A"
+    finally:
+        c.close()
