@@ -19,11 +19,13 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, Field
 
+from agentfs import intents
 from agentfs.cache import Cache
 from agentfs.errors import AgentFSError, CorruptRecord
 from agentfs.journal import META
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
+from agentfs.store.retry import unwrap
 from agentfs.workspace import Workspace, check_workspace_name
 
 __all__ = ["CheckReport", "WorkspaceReport", "check_store"]
@@ -103,6 +105,9 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
             rep.notices.append(f"leftover object {path!r} of an interrupted operation")
         else:
             rep.notices.append(f"untracked object {path!r} (an external write, adopted on the next scan)")
+    for key, intent in await trio.to_thread.run_sync(intents.pending, ws.journal):
+        rep.notices.append(f"rename intent {key} ({intent.src!r} -> {intent.dst!r}) not finished"
+                           if intent is not None else f"unreadable rename intent {key}")
     if repair:
         n = await ws.scan(now=float("inf"))
         if n:
@@ -126,10 +131,14 @@ def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repa
             report.workspaces.append(await _check_ws(store, name, repair, tmp))
 
     trio.run(main)
-    temp = [o.key for o in store.list(".agentfs-tmp/") if not o.key.startswith(".agentfs-tmp/locks/")]
+    # issue 7: temporary state of the backend (local temp files, unfinished
+    # S3 multipart uploads); a repair removes it (run it when no mount writes).
+    backend = unwrap(store)
+    lister = getattr(backend, "list_temporary", None)
+    temp = lister() if lister is not None else []
     if temp:
-        report.notices.append(f"{len(temp)} temporary objects in .agentfs-tmp/")
+        report.notices.append(f"{len(temp)} temporary objects: {', '.join(temp[:5])}"
+                              + (" ..." if len(temp) > 5 else ""))
         if repair:
-            for k in temp:
-                store.delete(k)
+            report.notices.append(f"removed {backend.remove_temporary()} temporary objects")  # type: ignore[attr-defined]
     return report

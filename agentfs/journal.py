@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import logging
+import os
 
 from pydantic import ValidationError
 
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Top-level folder of agentfs's own records in the store.
 META = ".agentfs"
-#: A state snapshot is written after every this many commits.
-COMPACT_EVERY = 500
+#: A state snapshot is written after every this many commits
+#: (``AGENTFS_COMPACT_EVERY`` lowers it for crash tests of compaction).
+COMPACT_EVERY = max(1, int(os.environ.get("AGENTFS_COMPACT_EVERY", "500") or 500))
 
 
 def workspace_prefix(ws: str) -> str:

@@ -237,3 +237,26 @@ class StateRow(_Model):
     note: str | None = None
     updated_by: str | None = None
     updated_at: str | None = None
+
+# -- issue 7: rename intents (crash safety of directory renames) ----------------------------
+
+
+class RenameIntent(_Versioned):
+    """Written before a rename copies objects to their new keys, removed after.
+
+    ``keys`` are the new natural keys the copies create; ``seq`` is the journal
+    position when the rename began (its commit, if any, comes after it and
+    carries ``detail["intent"] == id``).  See :mod:`agentfs.intents`.
+    """
+
+    v: int = FORMAT_VERSION
+    id: str
+    mount: str = ""
+    time: float = Field(default_factory=time.time)
+    seq: int = Field(ge=0)
+    src: str
+    dst: str
+    keys: list[str]
+
+
+__all__ += ["RenameIntent"]

@@ -354,6 +354,10 @@ class FileSystem:
 
     async def flush(self, fh: int) -> None:
         h = self._h(fh)
+        if not h.write:
+            # issue 7: closing a read-only descriptor uploads nothing, so it never
+            # fails with another writer's upload error (e.g. EIO in a store outage).
+            return
         await h.ws.flush(h.of, h.caller)
 
     async def fsync(self, fh: int) -> None:
@@ -404,12 +408,18 @@ class FileSystem:
         if ino == ROOT_INODE and name == CONTROL_SYNC:
             await self.sync_all(caller)
             return
+        if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
+            # issue 7: the other control names are read-only; on a single-workspace
+            # mount they must not be stored as ordinary xattrs of its root.
+            raise NotPermitted("read-only control attribute", path=name)
         if self._is_top(ino):
             raise NotSupported("the mount root has no attributes")
         node = self.node(ino)
         await self._ws(node).setxattr(node, name, value, caller)
 
     async def removexattr(self, ino: int, name: str, caller: Caller) -> None:
+        if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
+            raise NotPermitted("control attributes cannot be removed", path=name)  # issue 7
         if self._is_top(ino):
             raise NoAttribute(path=name)
         node = self.node(ino)

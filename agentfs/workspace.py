@@ -41,9 +41,10 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate
+from agentfs import agentstate, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
+    AgentFSError,
     AlreadyExists,
     BadName,
     CorruptRecord,
@@ -265,6 +266,8 @@ class Workspace:
         # mount; recent state changes feed STATE.md (see agentstate.py).
         self._xattr_lock = trio.Lock()
         self.recent = agentstate.RecentChanges()
+        #: issue 7: ids of this mount's rename intents in progress (agentfs/intents.py).
+        self._renaming: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------
 
@@ -752,6 +755,10 @@ class Workspace:
             except PreconditionFailed:
                 await self._keep_conflict(of, path, caller)
                 return
+            # issue 7: the object at the key is ours now.  Should the commit below
+            # fail (store outage), the retried upload must replace this version,
+            # not fail its condition against it and turn into a false conflict.
+            of.base_etag = info.etag
             entry = node.entry.model_copy(update={
                 "size": size, "etag": info.etag, "sha256": sha,
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
@@ -1019,16 +1026,32 @@ class Workspace:
                     raise Stale("the file changed in the store during the rename", path=old_key) from None
                 etags[rel] = info.etag
 
-            async with trio.open_nursery() as nursery:
-                for rel, n in files:
-                    nursery.start_soon(copy_one, rel, n)
-            old_etags = {rel: n.entry.etag for rel, n in files}
-            # 2. one commit: the rename is atomic as seen through the mount
-            records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller)]
-            records += await self._touch_dir(old_parent, caller)
-            if new_parent is not old_parent:
-                records += await self._touch_dir(new_parent, caller)
-            await self.commit(records)
+            # issue 7: an intent names the new keys first, so copies of a rename
+            # killed before its commit are removed, not adopted (agentfs/intents.py)
+            intent = await self._io(intents.begin, self.journal, seq=self.ns.seq, src=src_path,
+                                    dst=dst_path, mount=self.mount_id,
+                                    keys=[self.key(join(dst_path, rel) if rel else dst_path)
+                                          for rel, _ in files]) if files else None
+            if intent is not None:
+                self._renaming.add(intent.id)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for rel, n in files:
+                        nursery.start_soon(copy_one, rel, n)
+                old_etags = {rel: n.entry.etag for rel, n in files}
+                # 2. one commit: the rename is atomic as seen through the mount
+                tag = {"intent": intent.id} if intent is not None else {}
+                records = [self.record("rename", MoveOp(src=src_path, dst=dst_path, etags=etags), caller,
+                                       **tag)]
+                records += await self._touch_dir(old_parent, caller)
+                if new_parent is not old_parent:
+                    records += await self._touch_dir(new_parent, caller)
+                await self.commit(records)
+            except BaseException:
+                # issue 7: the intent stays in the store; a later scan settles it
+                if intent is not None:
+                    self._renaming.discard(intent.id)
+                raise
             # Open working copies now derive from the copied versions.
             for rel, n in files:
                 of = self.open_files.get(n.ino)
@@ -1040,6 +1063,12 @@ class Workspace:
             if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
                 garbage.append((self.key(dst_path), dst.entry.etag))
             await self._delete_keys(garbage)
+            if intent is not None:
+                self._renaming.discard(intent.id)
+                try:
+                    await self._io(intents.end, self.journal, intent)
+                except AgentFSError as e:  # settled later by a scan: the commit is there
+                    log.warning("workspace %s: could not remove rename intent: %s", self.name, e)
 
     # -- whole-workspace operations ---------------------------------------------------
 
@@ -1067,6 +1096,8 @@ class Workspace:
             return 0
         now = now or time.time()
         prefix = self.key("")
+        # issue 7: interrupted renames are undone; keys of renames in progress wait
+        in_progress = await intents.settle(self, now, self._renaming)
         objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
         caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
         records: list[Record] = []
@@ -1084,6 +1115,8 @@ class Workspace:
             if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
                 continue
             if node is not None and (node.pending or node.ino in self.open_files):
+                continue
+            if o.key in in_progress:
                 continue
             if now - o.mtime < ADOPT_GRACE and not (changed_now and node is not None):
                 continue  # maybe an upload whose commit is on its way

@@ -26,6 +26,7 @@ import pytest
 from agentfs import errors
 from agentfs.store import LocalStore, MemoryStore, ObjectInfo, ObjectStore, open_store
 from agentfs.store.local import TMP_DIR
+from agentfs.store.retry import unwrap
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -66,6 +67,7 @@ def store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 def leftovers(st: ObjectStore) -> list[str]:
     """Temporary state a store left behind: temp files, unfinished uploads, stray objects."""
+    st = unwrap(st)
     if isinstance(st, LocalStore):
         tmp = Path(st.root) / TMP_DIR
         return sorted(p.name for p in tmp.iterdir() if p.name != "locks")
@@ -759,7 +761,7 @@ def test_open_store_urls(tmp_path: Path) -> None:
 
     d = tmp_path / "new" / "root"
     st = open_store(f"file://{d}")
-    assert isinstance(st, LocalStore) and d.is_dir() and st.url == f"file://{d}"
+    assert isinstance(unwrap(st), LocalStore) and d.is_dir() and st.url == f"file://{d}"
     assert open_store(str(d)).url == st.url
     odd = open_store(f"file://{tmp_path}/sp ace#1%20?x")  # taken literally: url round-trips
     assert odd.url == f"file://{tmp_path}/sp ace#1%20?x"
@@ -816,7 +818,7 @@ class _BreakingBody:
 
 
 def test_s3_broken_download_resumes(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    st = open_store(s3_url)
+    st = unwrap(open_store(s3_url))  # the backend's own body resumption, no retry layer
     data = os.urandom(3 * MiB + 5)
     info = st.put("k", data)
     original = st._call  # type: ignore[attr-defined]

@@ -357,7 +357,9 @@ def main() -> None:
     for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        app(standalone_mode=False)
+        # issue 7: without standalone mode click *returns* the code of a
+        # typer.Exit instead of raising it; it used to be dropped (exit 0).
+        rc = app(standalone_mode=False)
     except AgentFSError as e:
         typer.echo(f"agentfs: {e}", err=True)
         sys.exit(e.exit_code)
@@ -377,4 +379,4 @@ def main() -> None:
         typer.echo(f"agentfs: internal error: {type(e).__name__}: {e}", err=True)
         log.debug("internal error", exc_info=True)
         sys.exit(70)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)

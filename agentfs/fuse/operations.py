@@ -79,6 +79,15 @@ def _name(raw: bytes) -> str:
         raise BadName("name is not valid UTF-8", path=repr(raw)) from None
 
 
+def _text(raw: bytes, what: str) -> str:
+    """Strict UTF-8 for a symlink target or an xattr name (issue 7: invalid bytes
+    are EINVAL, not surrogates that fail later with EIO)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadName(f"{what} is not valid UTF-8", path=repr(raw)) from None
+
+
 def _entry(a: Attr) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = a.ino
@@ -180,7 +189,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def symlink(self, parent_inode, name, target, ctx):
-        return _entry(await self.fs.symlink(parent_inode, _name(name), os.fsdecode(target),
+        return _entry(await self.fs.symlink(parent_inode, _name(name), _text(target, "symlink target"),
                                             self._caller(ctx)))
 
     @boundary
@@ -258,7 +267,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def getxattr(self, inode, name, ctx):
-        return self.fs.getxattr(inode, os.fsdecode(name))
+        return self.fs.getxattr(inode, _text(name, "xattr name"))
 
     @boundary
     async def listxattr(self, inode, ctx):
@@ -266,8 +275,8 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def setxattr(self, inode, name, value, ctx):
-        await self.fs.setxattr(inode, os.fsdecode(name), bytes(value), self._caller(ctx))
+        await self.fs.setxattr(inode, _text(name, "xattr name"), bytes(value), self._caller(ctx))
 
     @boundary
     async def removexattr(self, inode, name, ctx):
-        await self.fs.removexattr(inode, os.fsdecode(name), self._caller(ctx))
+        await self.fs.removexattr(inode, _text(name, "xattr name"), self._caller(ctx))

@@ -8,12 +8,19 @@
 - ``s3://bucket[/prefix]`` S3 or an S3-compatible service (``endpoint_url`` or
                          the environment's ``AWS_ENDPOINT_URL``).
 
+Every store ``open_store`` returns is wrapped in a
+:class:`~agentfs.store.retry.RetryingStore`, the one layer that retries
+(backends make one attempt per request).  With ``AGENTFS_FAULTS`` set (tests
+and soak runs only) a :class:`~agentfs.store.faults.FaultyStore` is placed
+between the two.
+
 This package is the only one that imports fsspec/s3fs/botocore, and only
 :mod:`agentfs.store.s3` does, lazily: importing :mod:`agentfs.store` stays cheap.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +39,11 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "S3Store",
+    "open_backend",
     "open_store",
 ]
+
+log = logging.getLogger(__name__)
 
 _USAGE = "expected memory://NAME, file:///ABS/PATH, /ABS/PATH or s3://BUCKET[/PREFIX]"
 
@@ -56,6 +66,20 @@ def _redact(url: str) -> str:
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
+    """Open the store named by ``url``, wrapped for retries (and faults, if
+    ``AGENTFS_FAULTS`` asks for them): see :func:`open_backend` for the forms."""
+    from agentfs.store.faults import FaultConfig, FaultyStore
+    from agentfs.store.retry import RetryingStore, RetryPolicy
+
+    store = open_backend(url, endpoint_url=endpoint_url)
+    faults = FaultConfig.from_env()
+    if faults is not None:
+        log.warning("store %s: fault injection on (%s)", store.url, faults)
+        store = FaultyStore(store, faults)
+    return RetryingStore(store, RetryPolicy.from_env())
+
+
+def open_backend(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
     """Open the store named by ``url`` (see the module docstring for the forms).
 
     URLs are taken literally, not percent-decoded, so that ``open_store(s.url)``
@@ -74,6 +98,12 @@ def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
     if not sep:
         raise InvalidArgument(f"invalid store URL {_redact(url)!r}: {_USAGE}")
     authority = rest.split("/", 1)[0]
+    if scheme.lower() in ("s3", "s3a") and ("@" in rest or ":" in authority):
+        # issue 7: a secret may contain "/", so "s3://KEY:SE/CRET@bucket" has its
+        # "@" past the first "/": refuse without echoing any of it.
+        raise InvalidArgument(
+            f"{scheme}:// store URL must not carry credentials or a ':' in the bucket name; "
+            "use the standard AWS credential chain")
     if "@" in authority:
         raise InvalidArgument(
             f"store URL {_redact(url)!r} must not carry credentials; "

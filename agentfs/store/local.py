@@ -174,18 +174,39 @@ class LocalStore(ObjectStore):
         except OSError as e:
             log.warning("could not remove temp file %s: %s", path, e)
 
-    def _remove_stale_tmp(self) -> None:
-        cutoff = time.time() - _STALE_TMP_AGE
+    def list_temporary(self) -> list[str]:
+        """Temp files in ``.agentfs-tmp/`` (left by a process killed mid-write)."""
+        try:
+            with os.scandir(self._tmp) as it:
+                return sorted(f"{TMP_DIR}/{e.name}" for e in it if e.name.endswith(".tmp"))
+        except OSError:
+            return []
+
+    def remove_temporary(self, older_than: float = 0.0) -> int:
+        """Remove temp files of ``.agentfs-tmp/`` older than ``older_than`` seconds.
+
+        Issue 7: the hook of ``agentfs check --repair`` (temp files are not
+        keys, so ``delete`` refuses them).  Only safe while no process writes
+        to the store, except with an ``older_than`` beyond any upload's time.
+        Returns how many were removed.
+        """
+        return self._remove_stale_tmp(older_than)
+
+    def _remove_stale_tmp(self, age: float = _STALE_TMP_AGE) -> int:
+        cutoff = time.time() - age
+        removed = 0
         try:
             with os.scandir(self._tmp) as it:
                 for e in it:
                     if e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
                         with contextlib.suppress(OSError):
-                            if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                            if e.stat(follow_symlinks=False).st_mtime <= cutoff:
                                 log.info("removing stale temp file %s", e.path)
                                 os.unlink(e.path)
+                                removed += 1
         except OSError as e:
             log.debug("stale temp scan of %s failed: %s", self._tmp, e)
+        return removed
 
     def _makedirs(self, parent: str) -> None:
         """Create ``parent`` and missing ancestors, fsyncing each new entry's directory."""

@@ -8,11 +8,13 @@ Configuration: ``S3Store(bucket, prefix, endpoint_url=...)``; without
 standard AWS chain (environment, profile, instance role); they never appear in
 :attr:`url` or in error messages.
 
-Retries: botocore owns them (standard mode, ``max_attempts`` tries with
-backoff, bounded connect/read timeouts); s3fs's own retry loop is turned down
-to a single attempt so the two never multiply.  The only retry here is the
-resumption of a response *body* that broke mid-stream, which botocore cannot
-retry: it resumes at the same offset pinned to the same ETag.
+Retries: owned by :class:`agentfs.store.retry.RetryingStore` (which
+:func:`agentfs.store.open_store` puts over every backend).  botocore is set
+to ``max_attempts=1`` by default (a direct user may raise it) with bounded
+connect/read timeouts, and s3fs's own retry loop is turned down to a single
+attempt, so retries never multiply.  The only retry here is the resumption of
+a response *body* that broke mid-stream (not a new request): it resumes at
+the same offset pinned to the same ETag.
 
 Fork safety: the ``S3FileSystem`` is created lazily on first use, and again in
 a forked child, because fsspec's event loop does not survive ``fork``.
@@ -196,7 +198,7 @@ class S3Store(ObjectStore):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        max_attempts: int = 5,
+        max_attempts: int = 1,  # RetryingStore owns retries
         connect_timeout: float = 5,
         read_timeout: float = 30,
     ) -> None:
@@ -237,7 +239,7 @@ class S3Store(ObjectStore):
         with self._fs_lock:
             if self._fs is None or self._fs_pid != pid:
                 config: dict[str, Any] = {
-                    "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                    "retries": {"total_max_attempts": self.max_attempts, "mode": "standard"},
                     "connect_timeout": self.connect_timeout,
                     "read_timeout": self.read_timeout,
                 }
@@ -615,6 +617,38 @@ class S3Store(ObjectStore):
             self._call("delete_object", key, Key=self.prefix + key, **kw)
         except NotFound:
             pass
+
+    # -- issue 7: temporary state (unfinished multipart uploads) ----------------
+
+    def _uploads(self) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated) of every unfinished multipart upload under the prefix."""
+        out: list[tuple[str, str, float]] = []
+        kw: dict[str, Any] = {"Prefix": self.prefix} if self.prefix else {}
+        while True:
+            resp = self._call("list_multipart_uploads", "", **kw)
+            for u in resp.get("Uploads", ()):
+                out.append((u["Key"][len(self.prefix):], u["UploadId"], u["Initiated"].timestamp()))
+            if not resp.get("IsTruncated"):
+                return out
+            kw = {**kw, "KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
+
+    def list_temporary(self) -> list[str]:
+        """Unfinished multipart uploads (left by a process killed mid-upload)."""
+        return [f"upload:{k}" for k, _, _ in self._uploads()]
+
+    def remove_temporary(self, older_than: float = 0.0) -> int:
+        """Abort unfinished multipart uploads started more than ``older_than`` seconds ago.
+
+        The hook of ``agentfs check --repair``; only safe while no process
+        uploads to the store, unless ``older_than`` exceeds any upload's time.
+        """
+        cutoff = time.time() - older_than
+        n = 0
+        for key, upload_id, initiated in self._uploads():
+            if initiated <= cutoff:
+                self._abort(key, upload_id)
+                n += 1
+        return n
 
     def close(self) -> None:
         """Drop the S3 client (its session is closed by s3fs's finalizer)."""
