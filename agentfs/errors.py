@@ -23,6 +23,7 @@ __all__ = [
     "Busy",
     "ConflictError",
     "CorruptRecord",
+    "Fenced",
     "InvalidArgument",
     "IsADirectory",
     "NameTooLong",
@@ -174,3 +175,20 @@ class StoreUnavailable(StoreError):
     errno_code = _errno.EIO
     log_level = logging.WARNING
     exit_code = 69  # EX_UNAVAILABLE
+
+
+# -- locks (issue 4) -------------------------------------------------------------------
+
+
+class Fenced(AgentFSError):
+    """A write from a process whose lease was taken over by another holder
+    (its fencing token is no longer current): the upload is refused and the
+    bytes are kept as a conflict copy.  ``EIO`` at close/fsync, as NFS
+    answers a write after a lost lock."""
+
+    errno_code = _errno.EIO
+    log_level = logging.WARNING
+
+    def __init__(self, message: str = "", *, path: str | None = None, token: int = 0) -> None:
+        super().__init__(message, path=path)
+        self.token = token

@@ -13,6 +13,7 @@ its errno.  Concurrency: one trio thread; see ``Workspace``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -37,6 +38,7 @@ from agentfs.errors import (
 )
 from agentfs.identity import Caller
 from agentfs.journal import META
+from agentfs.locks import DEFAULT_TTL, LOCK_XATTR, LeaseManager, break_record, parse_lock_value
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
 from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
@@ -86,6 +88,7 @@ class FileSystem:
         read_only: bool = False,
         scan_interval: float = 60.0,
         connections: int = 32,
+        lease_ttl: float = DEFAULT_TTL,
     ) -> None:
         self.store = store
         self.single = workspace
@@ -107,6 +110,9 @@ class FileSystem:
         self.root_mtime_ns = time.time_ns()
         self._loading: dict[str, trio.Event] = {}
         self._kept_etag: dict[int, str | None] = {}
+        #: locks (issue 4): leases this mount holds for its processes.
+        self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
+                                   limiter=self.limiter)
 
     # -- workspaces ------------------------------------------------------------
 
@@ -149,6 +155,7 @@ class FileSystem:
             ws.ns.owner = ws
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
+            ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -368,7 +375,9 @@ class FileSystem:
 
     # -- xattrs --------------------------------------------------------------------------
 
-    def getxattr(self, ino: int, name: str) -> bytes:
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        if name == LOCK_XATTR and not self._is_top(ino):
+            return await self._lock_xattr(ino, "get", b"", None)  # locks (issue 4)
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
             if name == CONTROL_PID:
                 return str(os.getpid()).encode()
@@ -393,14 +402,44 @@ class FileSystem:
             return
         if self._is_top(ino):
             raise NotSupported("the mount root has no attributes")
+        if name == LOCK_XATTR:
+            await self._lock_xattr(ino, "set", value, caller)  # locks (issue 4)
+            return
         node = self.node(ino)
         await self._ws(node).setxattr(node, name, value, caller)
 
     async def removexattr(self, ino: int, name: str, caller: Caller) -> None:
         if self._is_top(ino):
             raise NoAttribute(path=name)
+        if name == LOCK_XATTR:
+            await self._lock_xattr(ino, "remove", b"", caller)  # locks (issue 4)
+            return
         node = self.node(ino)
         await self._ws(node).removexattr(node, name, caller)
+
+    # -- locks (issue 4): user.agentfs.lock is a lease in the store, not a stored xattr --
+
+    async def _lock_xattr(self, ino: int, op: str, value: bytes, caller: Caller | None) -> bytes:
+        """get: the holders as JSON; set ``exclusive``/``shared`` [``wait``]: take
+        the lease for the calling process (EWOULDBLOCK when held elsewhere);
+        set ``break``: clear it (audited); remove: release the caller's lease."""
+        node = self.node(ino)
+        ws = self._ws(node)
+        path = ws._path(node)
+        if op == "get":
+            return await self.leases.show(ws.name, path)
+        assert caller is not None
+        if op == "remove":
+            await self.leases.release(ws.name, path, caller)
+            return b""
+        mode, _ = parse_lock_value(value)
+        if mode == "break":
+            old = await self.leases.break_lock(ws.name, path)
+            if not ws.read_only:
+                await ws.commit([break_record(path, old, caller, self.agent)])
+            return b""
+        await self.leases.acquire(ws.name, path, value, caller)
+        return b""
 
     # -- background work -------------------------------------------------------------------
 
@@ -480,9 +519,14 @@ class FileSystem:
         nursery.start_soon(self.invalidator)
         nursery.start_soon(self.tail)
         nursery.start_soon(self.scanner)
+        nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
 
     async def close(self) -> None:
-        """Flush what is dirty (unmount), then drop the cache."""
+        """Flush what is dirty (unmount), give back leases, then drop the cache."""
+        try:
+            await self.leases.release_all()  # locks (issue 4)
+        except AgentFSError as e:
+            log.warning("unmount: releasing leases: %s", e)
         try:
             await self.sync_all()
         except AgentFSError as e:

@@ -254,7 +254,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def getxattr(self, inode, name, ctx):
-        return self.fs.getxattr(inode, os.fsdecode(name))
+        return await self.fs.getxattr(inode, os.fsdecode(name))
 
     @boundary
     async def listxattr(self, inode, ctx):
