@@ -26,6 +26,7 @@ __all__ = [
     "Fenced",
     "InvalidArgument",
     "IsADirectory",
+    "LeaseBusy",
     "NameTooLong",
     "NoAttribute",
     "NotADirectory",
@@ -192,3 +193,14 @@ class Fenced(AgentFSError):
     def __init__(self, message: str = "", *, path: str | None = None, token: int = 0) -> None:
         super().__init__(message, path=path)
         self.token = token
+
+
+class LeaseBusy(AgentFSError):
+    """``setxattr user.agentfs.lock`` on a lease held elsewhere.
+
+    EBUSY rather than EWOULDBLOCK: Linux (seen on 6.18) turns an EAGAIN reply
+    to FUSE_SETXATTR into EOPNOTSUPP, indistinguishable from "no lock support".
+    ``agentfs.lock()`` and ``agentfs lock`` turn it back into WouldBlock.
+    """
+
+    errno_code = _errno.EBUSY

@@ -34,7 +34,9 @@ Three layers, each usable alone:
 - :class:`LeaseStore`: synchronous leases of one workspace on an ObjectStore
   (used by the CLI without a mount and by tests);
 - :class:`LeaseManager`: a mount's leases, taken for calling processes via the
-  xattr :data:`LOCK_XATTR`, released on ``removexattr``, on exit of the holding
+  xattr :data:`LOCK_XATTR` (a held lease answers ``EBUSY`` there: Linux turns
+  an ``EAGAIN`` reply to ``setxattr`` into ``EOPNOTSUPP``; the client layer
+  turns it back into ``EWOULDBLOCK``), released on ``removexattr``, on exit of the holding
   process (polled in ``/proc``) and on unmount, renewed by :meth:`LeaseManager.heartbeat`;
 - :class:`FileLock` / :func:`lock`: the client side used by ``agentfs lock``
   and ``agentfs.lock()``: a kernel ``flock`` on the file plus, on an agentfs
@@ -644,12 +646,18 @@ class FileLock:
                 self.leased = True
                 return
             except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if e.errno not in (errno.EBUSY, errno.EWOULDBLOCK, errno.EAGAIN):  # EBUSY: see LeaseBusy
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise WouldBlock(f"{e.strerror}: {self.mode} lease held on another mount",
+                    raise WouldBlock(f"{self.mode} lock held elsewhere ({self._holder()})",
                                      path=self.path) from None
                 delay = self._pause(deadline, delay)
+
+    def _holder(self) -> str:
+        info = self.info()
+        if not info or not info.get("holders"):
+            return "an exclusive locker is waiting"
+        return ", ".join(f"{h['agent']}@{h['host']} pid {h['pid']} token {h['token']}" for h in info["holders"])
 
     def info(self) -> dict[str, Any] | None:
         """The lease as the mount shows it (None when free or not on agentfs)."""

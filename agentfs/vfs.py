@@ -30,11 +30,13 @@ from agentfs.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
+    LeaseBusy,
     NoAttribute,
     NotFound,
     NotPermitted,
     NotSupported,
     ReadOnly,
+    WouldBlock,
 )
 from agentfs.identity import Caller
 from agentfs.journal import META
@@ -421,7 +423,7 @@ class FileSystem:
 
     async def _lock_xattr(self, ino: int, op: str, value: bytes, caller: Caller | None) -> bytes:
         """get: the holders as JSON; set ``exclusive``/``shared`` [``wait``]: take
-        the lease for the calling process (EWOULDBLOCK when held elsewhere);
+        the lease for the calling process (EBUSY when held elsewhere, see LeaseBusy);
         set ``break``: clear it (audited); remove: release the caller's lease."""
         node = self.node(ino)
         ws = self._ws(node)
@@ -438,7 +440,10 @@ class FileSystem:
             if not ws.read_only:
                 await ws.commit([break_record(path, old, caller, self.agent)])
             return b""
-        await self.leases.acquire(ws.name, path, value, caller)
+        try:
+            await self.leases.acquire(ws.name, path, value, caller)
+        except WouldBlock as e:
+            raise LeaseBusy(e.strerror or "", path=path) from None  # see LeaseBusy: not EAGAIN
         return b""
 
     # -- background work -------------------------------------------------------------------

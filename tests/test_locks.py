@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from agentfs.check import check_store
-from agentfs.errors import Fenced, NoAttribute, WouldBlock
+from agentfs.errors import Fenced, LeaseBusy, NoAttribute, WouldBlock
 from agentfs.identity import Caller
 from agentfs.journal import Journal
 from agentfs.locks import LOCK_XATTR, LeaseStore, Who, alive, lease_key, lineage, start_time
@@ -230,7 +230,7 @@ def test_xattr_acquire_show_release(store: ObjectStore, tmp_path: Path) -> None:
         assert info["holders"][0]["pid"] == os.getpid() and info["token"] == 1
         assert info["holders"][0]["expires_in"] > 0
         assert LOCK_XATTR not in a.listxattr(ino)  # a lease, not a stored attribute
-        with pytest.raises(WouldBlock):
+        with pytest.raises(LeaseBusy):  # EBUSY on the xattr (see LeaseBusy)
             await b.setxattr(ino_b, LOCK_XATTR, b"shared", me("bob"))
         for bad in (b"", b"exclusiv", b"shared now", b"\xff"):
             with pytest.raises(OSError) as ei:
@@ -293,7 +293,7 @@ def test_holder_exit_releases_and_break_is_audited(store: ObjectStore, tmp_path:
             await a.setxattr(ino, LOCK_XATTR, b"exclusive", who_child)
             await a.leases.tick(renew=True)
             assert a.leases.held
-            with pytest.raises(WouldBlock):
+            with pytest.raises(LeaseBusy):
                 await a.setxattr(ino, LOCK_XATTR, b"exclusive", me())  # another process, same mount
         finally:
             child.kill()

@@ -401,7 +401,8 @@ def main() -> None:
     for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* the code of a typer.Exit.
+        rc = app(standalone_mode=False)
     except AgentFSError as e:
         typer.echo(f"agentfs: {e}", err=True)
         sys.exit(e.exit_code)
@@ -421,4 +422,4 @@ def main() -> None:
         typer.echo(f"agentfs: internal error: {type(e).__name__}: {e}", err=True)
         log.debug("internal error", exc_info=True)
         sys.exit(70)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
