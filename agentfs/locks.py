@@ -36,8 +36,11 @@ Three layers, each usable alone:
 - :class:`LeaseManager`: a mount's leases, taken for calling processes via the
   xattr :data:`LOCK_XATTR` (a held lease answers ``EBUSY`` there: Linux turns
   an ``EAGAIN`` reply to ``setxattr`` into ``EOPNOTSUPP``; the client layer
-  turns it back into ``EWOULDBLOCK``), released on ``removexattr``, on exit of the holding
-  process (polled in ``/proc``) and on unmount, renewed by :meth:`LeaseManager.heartbeat`;
+  turns it back into ``EWOULDBLOCK``), released on ``removexattr``, when the
+  holding process closes its last handle of the file on this mount (the flock
+  rule; a process that never opened the file keeps the lease), on exit of the
+  holding process (polled in ``/proc``) and on unmount, renewed by
+  :meth:`LeaseManager.heartbeat`;
 - :class:`FileLock` / :func:`lock`: the client side used by ``agentfs lock``
   and ``agentfs.lock()``: a kernel ``flock`` on the file plus, on an agentfs
   mount, the lease through the xattr.
@@ -462,6 +465,22 @@ class LeaseManager:
             raise NoAttribute("this process holds no lease on the file", path=path)
         if not await self._io(self.leases(ws).release, path, h.token):
             log.warning("lease on %s/%s (token %d) was already taken over or broken", ws, path, h.token)
+
+    async def on_close(self, ws: str, path: str | None, caller: Caller, still_open: list[Caller]) -> None:
+        """A handle of ``path`` opened by ``caller`` was released: if that process
+        held the lease and has no other handle of the file open here, release it
+        (as closing a file releases its flock).  ``still_open``: the openers of
+        the file's remaining handles on this mount."""
+        pid = tgid_of(caller.pid)
+        if path is None or pid is None:
+            return
+        h = self.held.get((ws, path, pid))
+        if h is None or any(tgid_of(c.pid) == pid for c in still_open):
+            return
+        del self.held[(ws, path, pid)]
+        if not h.lost:
+            log.info("lease on %s/%s: pid %d closed the file; releasing", ws, path, pid)
+            await self._io(self.leases(ws).release, path, h.token)
 
     async def show(self, ws: str, path: str) -> bytes:
         """``getxattr user.agentfs.lock``: the live holders as JSON (ENODATA when free)."""

@@ -361,6 +361,9 @@ class FileSystem:
         if h is not None:
             self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
             await h.ws.release(h.of, h.caller)
+            if self.leases.held:  # locks (issue 4): closing the file releases its lease (flock rule)
+                others = [o.caller for o in self.handles.values() if o.of is h.of]
+                await self.leases.on_close(h.ws.name, h.ws.ns.path_of(h.of.node), h.caller, others)
 
     async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
                       uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None,

@@ -318,3 +318,29 @@ def test_holder_exit_releases_and_break_is_audited(store: ObjectStore, tmp_path:
     assert len(brk) == 1 and brk[0].agent == "admin" and brk[0].op.path == "f"
     assert "tester" in str(brk[0].detail["holders"])
     assert check_store(store).clean
+
+
+def test_closing_the_file_releases_the_lease(tmp_path: Path) -> None:
+    """As closing a file releases its flock: the holder's last handle of the
+    file on this mount closes -> the lease goes; a process that never opened
+    the file keeps it until removexattr or exit."""
+    store = open_store(f"file://{tmp_path}/store")
+
+    async def main() -> None:
+        a = await _fs(store, tmp_path)
+        ino = await _write(a, "f", b"x")
+        fh1, _ = await a.open(ino, os.O_RDONLY, me())
+        await a.setxattr(ino, LOCK_XATTR, b"exclusive", me())
+        fh2, _ = await a.open(ino, os.O_RDWR, me())
+        await a.release(fh2)
+        assert json.loads(await a.getxattr(ino, LOCK_XATTR))["holders"][0]["pid"] == os.getpid()
+        await a.release(fh1)  # the last handle of the holder
+        with pytest.raises(NoAttribute):
+            await a.getxattr(ino, LOCK_XATTR)
+        assert not a.leases.held
+        await a.setxattr(ino, LOCK_XATTR, b"shared", me())  # never opened: kept
+        await a.leases.tick(renew=True)
+        assert json.loads(await a.getxattr(ino, LOCK_XATTR))["mode"] == "shared"
+        await a.close()
+
+    trio.run(main)
