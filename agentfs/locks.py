@@ -79,6 +79,7 @@ from agentfs.errors import (
     InvalidArgument,
     NoAttribute,
     NotFound,
+    NotSupported,
     PreconditionFailed,
     WouldBlock,
 )
@@ -563,7 +564,10 @@ class LeaseManager:
             renew = now >= next_renew
             if renew:
                 next_renew = now + self.ttl / 3
-            await self.tick(renew)
+            try:
+                await self.tick(renew)
+            except Exception:  # a bug here must not end the mount's nursery
+                log.exception("lease heartbeat failed")
 
     async def release_all(self) -> None:
         """Unmount: give back every lease still held."""
@@ -665,6 +669,9 @@ class FileLock:
                 self.leased = True
                 return
             except OSError as e:
+                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise NotSupported("no lease here: lock a file or directory inside a workspace",
+                                       path=self.path) from None
                 if e.errno not in (errno.EBUSY, errno.EWOULDBLOCK, errno.EAGAIN):  # EBUSY: see LeaseBusy
                     raise
                 if deadline is not None and time.monotonic() >= deadline:

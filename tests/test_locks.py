@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -344,3 +345,62 @@ def test_closing_the_file_releases_the_lease(tmp_path: Path) -> None:
         await a.close()
 
     trio.run(main)
+
+
+# -- the CLI without a mount ------------------------------------------------------------------
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run([sys.executable, "-m", "agentfs", *args], capture_output=True, env=env,
+                          timeout=timeout)
+
+
+def test_cli_lock_on_a_local_file_is_flock_with_its_exit_codes(tmp_path: Path) -> None:
+    f = tmp_path / "lockfile"
+    fd = os.open(f, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert cli("lock", "-n", str(f), "--", "true").returncode == 1
+        assert cli("lock", "-n", "-E", "9", str(f), "--", "true").returncode == 9
+        assert cli("lock", "-w", "0.3", str(f), "--", "true").returncode == 1
+        assert cli("lock", "-s", "-n", str(f), "--", "true").returncode == 1
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        assert cli("lock", "-s", "-n", str(f), "--", "true").returncode == 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    assert cli("lock", str(f), "--", "sh", "-c", "exit 4").returncode == 4
+    assert cli("lock", str(f), "-c", "exit 6").returncode == 6
+    assert cli("lock", str(f), "--", "sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
+    assert cli("lock", str(tmp_path / "no" / "such"), "--", "true").returncode == 66
+    assert cli("lock", str(f), "--", "/nonexistent/command").returncode == 69
+    assert cli("lock", "-E", "300", str(f), "--", "true").returncode == 64
+    assert cli("lock", str(f)).returncode == 64
+    assert cli("lock", "-s", "-x", str(f), "--", "true").returncode == 64
+
+
+def test_cli_locks_and_break_without_a_mount(tmp_path: Path) -> None:
+    import agentfs
+
+    url = f"file://{tmp_path}/store"
+    with agentfs.open_workspace(url, WS, create=True) as w:
+        w.write_bytes("a.md", b"a")
+    ls = LeaseStore(open_store(url), WS)
+    ls.acquire("a.md", "exclusive", Who("carol", "h9", "m9", 99), 300)
+    r = cli("locks", f"{url}/{WS}", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows[0]["path"] == "a.md" and rows[0]["holders"][0]["agent"] == "carol"
+    assert b"carol@h9" in cli("locks", f"{url}/{WS}").stdout
+    r = cli("lock", "--break", f"{url}/{WS}/a.md")
+    assert r.returncode == 0, r.stderr
+    assert b"carol@h9" in r.stdout
+    assert json.loads(cli("locks", f"{url}/{WS}", "--json").stdout) == []
+    assert json.loads(cli("locks", f"{url}/{WS}", "--json", "--all").stdout)[0]["token"] == 1
+    recs = [r for c in Journal(open_store(url), WS).commits_after(0) for r in c.records]
+    assert [r.action for r in recs if r.op.op == "note"] == ["lock-break"]
+    assert cli("lock", "--break", f"{url}/nosuchws/a.md").returncode == 2
+    assert check_store(open_store(url)).clean

@@ -90,6 +90,10 @@ def register(app: typer.Typer) -> None:
         if wait is not None and wait < 0:
             raise InvalidArgument("the timeout must not be negative")
         target, cmd = args[0], args[1:]
+        if cmd[:1] in (["-c"], ["--command"]) and command is None:  # flock FILE -c COMMAND
+            if len(cmd) != 2:
+                raise InvalidArgument("-c takes exactly one argument")
+            command, cmd = cmd[1], []
         if break_:
             if cmd or command:
                 raise InvalidArgument("--break takes no command")
