@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,7 +262,7 @@ def test_fenced_writer_is_refused_and_kept_as_conflict(store: ObjectStore, tmp_p
         fh, _ = await a.open(ino, os.O_WRONLY, me("alice"))
         await a.write(fh, 0, b"STALE!!!")
         # The holder froze past its TTL; another locker (a clock 100 s ahead) takes over.
-        later = LeaseStore(store, WS, clock=lambda: __import__("time").time() + 100)
+        later = LeaseStore(store, WS, clock=lambda: time.time() + 100)
         token = later.acquire("task.md", "exclusive", Who("bob", "h2", "other", 4242), 30)
         assert token == 2
         with pytest.raises(Fenced) as ei:
@@ -404,3 +405,37 @@ def test_cli_locks_and_break_without_a_mount(tmp_path: Path) -> None:
     assert [r.action for r in recs if r.op.op == "note"] == ["lock-break"]
     assert cli("lock", "--break", f"{url}/nosuchws/a.md").returncode == 2
     assert check_store(open_store(url)).clean
+
+
+def test_fencing_covers_the_holders_children_only(tmp_path: Path) -> None:
+    """`agentfs lock FILE -- CMD`: the CLI holds the lease, CMD (its child) writes.
+    A child's write is fenced once the lease is taken over; an unrelated
+    process's write is not (locks are advisory)."""
+    store = open_store(f"file://{tmp_path}/store")
+
+    async def main() -> None:
+        a = await _fs(store, tmp_path)
+        ino = await _write(a, "f", b"v0")
+        await a.setxattr(ino, LOCK_XATTR, b"exclusive", me("cli"))
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            kid = Caller(pid=child.pid, uid=os.getuid(), gid=os.getgid(), agent="cmd")
+            LeaseStore(store, WS, clock=lambda: time.time() + 100).acquire(
+                "f", "exclusive", Who("bob", "h2", "other", 7), 30)
+            fh, _ = await a.open(ino, os.O_WRONLY, kid)
+            await a.write(fh, 0, b"child")
+            with pytest.raises(Fenced):
+                await a.flush(fh)
+            await a.release(fh)
+            stranger = Caller(pid=1, uid=os.getuid(), gid=os.getgid(), agent="stranger")
+            fh, _ = await a.open(ino, os.O_WRONLY, stranger)
+            await a.write(fh, 0, b"strng")
+            await a.flush(fh)  # not a holder's process: not fenced
+            await a.release(fh)
+        finally:
+            child.kill()
+            child.wait()
+        assert store.get(f"{WS}/f") == b"strng"
+        await a.close()
+
+    trio.run(main)
