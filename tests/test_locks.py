@@ -439,3 +439,46 @@ def test_fencing_covers_the_holders_children_only(tmp_path: Path) -> None:
         await a.close()
 
     trio.run(main)
+
+
+# -- leases from the Python API without a mount ---------------------------------------------
+
+
+def test_workspace_client_lock_without_a_mount(tmp_path: Path) -> None:
+    import agentfs
+
+    url = f"file://{tmp_path}/store"
+    with agentfs.open_workspace(url, WS, agent="c1", lease_ttl=1.0) as c1, \
+            agentfs.open_workspace(url, WS, agent="c2", lease_ttl=1.0) as c2:
+        c1.write_bytes("task.md", b"v0")
+        with c1.lock("task.md"):
+            with pytest.raises(WouldBlock) as ei, c2.lock("task.md", wait=0):
+                pass
+            assert ei.value.errno == errno.EWOULDBLOCK
+            time.sleep(2.5)  # > TTL: c1's client renews it meanwhile
+            with pytest.raises(WouldBlock), c2.lock("task.md", shared=True, wait=0.3):
+                pass
+            c1.write_bytes("task.md", b"v1")  # the holder writes normally
+        got: list[float] = []
+
+        def other() -> None:
+            with c2.lock("task.md", wait=30):
+                got.append(time.monotonic())
+
+        with c1.lock("task.md"):
+            t = threading.Thread(target=other)
+            t.start()
+            time.sleep(0.3)
+            released = time.monotonic()
+        t.join(timeout=60)
+        assert got and got[0] >= released
+        # Fencing: c1's lease is taken over (another holder, clock 100 s ahead);
+        # c1's next write through the client is refused and kept as a conflict copy.
+        with c1.lock("task.md"):
+            LeaseStore(open_store(url), WS, clock=lambda: time.time() + 100).acquire(
+                "task.md", "exclusive", Who("bob", "h", "m", 1), 30)
+            with pytest.raises(Fenced):
+                c1.write_bytes("task.md", b"stale")
+        assert c2.read_bytes("task.md") == b"v1"
+        assert any(n.startswith("task.conflict-c1-") for n in c2.listdir(""))
+    assert check_store(open_store(url)).clean
