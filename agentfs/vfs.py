@@ -532,16 +532,16 @@ class FileSystem:
     async def close(self) -> None:
         """Flush what is dirty (unmount), give back leases, then drop the cache."""
         try:
-            await self.leases.release_all()  # locks (issue 4)
-        except AgentFSError as e:
-            log.warning("unmount: releasing leases: %s", e)
-        try:
             await self.sync_all()
         except AgentFSError as e:
             lost = [ws.ns.path_of(of.node) for ws in self.workspaces.values()
                     for of in ws.open_files.values() if of.dirty]
             log.error("unmount: could not upload %d files (%s): %s", len(lost), e, ", ".join(
                 str(p) for p in lost[:20]))
+        try:
+            await self.leases.release_all()  # locks (issue 4): after the last uploads (still fenced)
+        except AgentFSError as e:
+            log.warning("unmount: releasing leases: %s", e)
         for h in list(self.handles.values()):
             h.of.close_local()
         self.cache.close()

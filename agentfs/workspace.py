@@ -697,6 +697,8 @@ class Workspace:
         if of.dirty:
             try:
                 await self._upload(of, caller)
+            except Fenced:
+                pass  # locks (issue 4): the bytes are already kept as a conflict copy
             except Exception as e:
                 log.warning("workspace %s: upload of %s failed (%s); kept for retry",
                             self.name, self.ns.path_of(of.node), e)
@@ -1023,7 +1025,10 @@ class Workspace:
         """Flush every dirty file, including closed ones whose upload failed."""
         for of in list(self.open_files.values()):
             if of.dirty:
-                await self._upload(of, self._retry.get(of.node.ino, caller))
+                try:
+                    await self._upload(of, self._retry.get(of.node.ino, caller))
+                except Fenced:
+                    pass  # locks (issue 4): already kept as a conflict copy; go on with the rest
             if of.handles <= 0 and not of.dirty:
                 self._forget_open(of)
 
