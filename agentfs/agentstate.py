@@ -62,6 +62,7 @@ from agentfs.models import (
     Entry,
     Lifecycle,
     MoveOp,
+    PutOp,
     Record,
     StateRow,
     TTLValue,
@@ -567,7 +568,7 @@ class RecentChanges:
                 self.records.append(r)
                 self.dirty = self.dirty or local
             elif local and (isinstance(r.op, (DelOp, MoveOp)) or
-                            any(k.startswith(PREFIX) for k in r.op.entry.xattrs)):
+                            (isinstance(r.op, PutOp) and any(k.startswith(PREFIX) for k in r.op.entry.xattrs))):
                 self.dirty = True  # a file with state was created, removed or moved
 
 

@@ -11,12 +11,16 @@ subclasses (``OSError`` with the errno a syscall would give).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +30,16 @@ import trio
 
 from agentfs import agentstate
 from agentfs.cache import Cache
-from agentfs.errors import AgentFSError, AlreadyExists, IsADirectory, NotFound
+from agentfs.errors import (
+    AgentFSError,
+    AlreadyExists,
+    IsADirectory,
+    NoAttribute,
+    NotFound,
+    WouldBlock,
+)
 from agentfs.identity import Caller
+from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
@@ -61,10 +73,14 @@ _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
 class WorkspaceClient:
     """One workspace of a store, used from ordinary (non-async) Python."""
 
-    def __init__(self, store: ObjectStore, name: str, *, agent: str = "", create: bool = False) -> None:
+    def __init__(self, store: ObjectStore, name: str, *, agent: str = "", create: bool = False,
+                 lease_ttl: float = DEFAULT_TTL) -> None:
         self.store = store
         self.name = name
         self.caller = Caller.current(agent)
+        # locks (issue 4): this client's leases (see lock()), renewed by its trio thread
+        self._leases = LeaseManager(store, agent=self.caller.agent, mount_id=f"client-{uuid.uuid4().hex[:12]}",
+                                    ttl=lease_ttl)
         self._tmp = Path(tempfile.mkdtemp(prefix="agentfs-client-"))
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
@@ -90,8 +106,14 @@ class WorkspaceClient:
             self._error = e
             self._ready.set()
             return
+        self.ws.fence = functools.partial(self._leases.fence, self.name)  # locks (issue 4)
         self._ready.set()
-        await self._stop.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._leases.heartbeat)
+            await self._stop.wait()
+            with trio.CancelScope(shield=True):
+                await self._leases.release_all()
+            nursery.cancel_scope.cancel()
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         async def call() -> Any:
@@ -354,6 +376,38 @@ class WorkspaceClient:
     def __enter__(self) -> WorkspaceClient:
         return self
 
+    # -- locks (issue 4) ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, path: str, *, shared: bool = False, wait: float | None = None) -> Iterator[None]:
+        """A lease on ``path`` without a mount (the same leases a mount takes:
+        it excludes holders on every mount and client).  ``wait``: None blocks,
+        0 fails at once, else seconds; raises WouldBlock (EWOULDBLOCK).  While
+        held, this client renews it; writes made through this client after
+        another holder took it over fail with Fenced (EIO), bytes kept as a
+        conflict copy.  Released on exit of the block and on close()."""
+        path = path.strip("/")
+        value = ("shared" if shared else "exclusive") + ("" if shared or wait == 0 else " wait")
+        deadline = None if wait is None else time.monotonic() + wait
+        delay = 0.02
+        while True:
+            try:
+                self._run(lambda: self._leases.acquire(self.name, path, value.encode(), self.caller))
+                break
+            except WouldBlock:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                left = None if deadline is None else deadline - time.monotonic()
+                time.sleep(delay if left is None else max(0.0, min(delay, left)))
+                delay = min(delay * 1.5, 0.5)
+        try:
+            yield
+        finally:
+            try:
+                self._run(lambda: self._leases.release(self.name, path, self.caller))
+            except NoAttribute:
+                pass  # broken meanwhile
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -429,11 +483,11 @@ class _RawFile(io.RawIOBase):
 
 
 def open_workspace(url: str, workspace: str, *, agent: str = "", create: bool = True,
-                   endpoint_url: str | None = None) -> WorkspaceClient:
+                   endpoint_url: str | None = None, lease_ttl: float = DEFAULT_TTL) -> WorkspaceClient:
     """Open (by default creating) workspace ``workspace`` of the store at ``url``."""
     store = open_store(url, endpoint_url=endpoint_url)
     try:
-        return WorkspaceClient(store, workspace, agent=agent, create=create)
+        return WorkspaceClient(store, workspace, agent=agent, create=create, lease_ttl=lease_ttl)
     except AgentFSError:
         store.close()
         raise

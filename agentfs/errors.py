@@ -23,9 +23,11 @@ __all__ = [
     "Busy",
     "ConflictError",
     "CorruptRecord",
+    "Fenced",
     "InvalidArgument",
     "InvalidState",
     "IsADirectory",
+    "LeaseBusy",
     "NameTooLong",
     "NoAttribute",
     "NotADirectory",
@@ -195,3 +197,30 @@ class ReadOnlyAttribute(NotPermitted):
 
     log_level = logging.WARNING
     exit_code = 64
+
+# -- locks (issue 4) -------------------------------------------------------------------
+
+
+class Fenced(AgentFSError):
+    """A write from a process whose lease was taken over by another holder
+    (its fencing token is no longer current): the upload is refused and the
+    bytes are kept as a conflict copy.  ``EIO`` at close/fsync, as NFS
+    answers a write after a lost lock."""
+
+    errno_code = _errno.EIO
+    log_level = logging.WARNING
+
+    def __init__(self, message: str = "", *, path: str | None = None, token: int = 0) -> None:
+        super().__init__(message, path=path)
+        self.token = token
+
+
+class LeaseBusy(AgentFSError):
+    """``setxattr user.agentfs.lock`` on a lease held elsewhere.
+
+    EBUSY rather than EWOULDBLOCK: Linux (seen on 6.18) turns an EAGAIN reply
+    to FUSE_SETXATTR into EOPNOTSUPP, indistinguishable from "no lock support".
+    ``agentfs.lock()`` and ``agentfs lock`` turn it back into WouldBlock.
+    """
+
+    errno_code = _errno.EBUSY

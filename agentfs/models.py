@@ -26,8 +26,12 @@ __all__ = [
     "Commit",
     "DelOp",
     "Entry",
+    "Lease",
+    "LeaseHolder",
+    "LeaseWaiter",
     "Lifecycle",
     "MoveOp",
+    "NoteOp",
     "Op",
     "PutOp",
     "Record",
@@ -104,7 +108,15 @@ class MoveOp(_Model):
     etags: dict[str, str] = Field(default_factory=dict)
 
 
-Op = Annotated[PutOp | DelOp | MoveOp, Field(discriminator="op")]
+class NoteOp(_Model):
+    """An audit-only record about ``path`` that changes nothing in the tree
+    (lock events such as ``lock-break``; see ``agentfs/locks.py``)."""
+
+    op: Literal["note"] = "note"
+    path: str
+
+
+Op = Annotated[PutOp | DelOp | MoveOp | NoteOp, Field(discriminator="op")]
 
 
 class Record(_Model):
@@ -260,3 +272,50 @@ class RenameIntent(_Versioned):
 
 
 __all__ += ["RenameIntent"]
+
+# -- locks (issue 4): leases in the store, see agentfs/locks.py ----------------------
+
+
+class LeaseHolder(_Model):
+    """One process holding a lease: who, where, until when, with which token."""
+
+    agent: str = ""
+    host: str = ""
+    mount: str = ""
+    pid: int | None = None
+    mode: Literal["shared", "exclusive"]
+    token: int = Field(ge=1)
+    acquired: float
+    expires: float
+
+
+class LeaseWaiter(_Model):
+    """A blocked exclusive locker: while it is live, new shared holders are
+    refused (no starvation of exclusive lockers by a stream of shared ones)."""
+
+    agent: str = ""
+    host: str = ""
+    mount: str = ""
+    pid: int | None = None
+    since: float
+    expires: float
+
+
+class Lease(_Versioned):
+    """The lease object of one workspace path, ``.agentfs/<ws>/locks/<sha256(path)>.json``.
+
+    The object is never deleted: a released lease keeps ``token``, the last
+    fencing token handed out, so tokens only grow across release and re-acquire.
+    """
+
+    v: int = FORMAT_VERSION
+    path: str
+    token: int = Field(default=0, ge=0)
+    holders: list[LeaseHolder] = Field(default_factory=list)
+    waiters: list[LeaseWaiter] = Field(default_factory=list)
+    updated: float = Field(default_factory=time.time)
+
+    @property
+    def mode(self) -> str | None:
+        """``exclusive``/``shared`` while held, None when free."""
+        return self.holders[0].mode if self.holders else None

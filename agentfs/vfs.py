@@ -13,6 +13,7 @@ its errno.  Concurrency: one trio thread; see ``Workspace``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -30,14 +31,17 @@ from agentfs.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
+    LeaseBusy,
     NoAttribute,
     NotFound,
     NotPermitted,
     NotSupported,
     ReadOnly,
+    WouldBlock,
 )
 from agentfs.identity import Caller
 from agentfs.journal import META
+from agentfs.locks import DEFAULT_TTL, LOCK_XATTR, LeaseManager, break_record, parse_lock_value
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
 from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
@@ -95,6 +99,7 @@ class FileSystem:
         read_only: bool = False,
         scan_interval: float = 60.0,
         connections: int = 32,
+        lease_ttl: float = DEFAULT_TTL,
     ) -> None:
         self.store = store
         self.single = workspace
@@ -120,6 +125,10 @@ class FileSystem:
         self._requests = 0
         self._wake_tail = trio.Event()
         self._caught_up: trio.Event | None = None
+
+        #: locks (issue 4): leases this mount holds for its processes.
+        self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
+                                   limiter=self.limiter)
 
     # -- workspaces ------------------------------------------------------------
 
@@ -162,6 +171,7 @@ class FileSystem:
             ws.ns.owner = ws
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
+            ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -369,6 +379,9 @@ class FileSystem:
         if h is not None:
             self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
             await h.ws.release(h.of, h.caller)
+            if self.leases.held:  # locks (issue 4): closing the file releases its lease (flock rule)
+                others = [o.caller for o in self.handles.values() if o.of is h.of]
+                await self.leases.on_close(h.ws.name, h.ws.ns.path_of(h.of.node), h.caller, others)
 
     async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
                       uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None,
@@ -385,7 +398,9 @@ class FileSystem:
 
     # -- xattrs --------------------------------------------------------------------------
 
-    def getxattr(self, ino: int, name: str) -> bytes:
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        if name == LOCK_XATTR and not self._is_top(ino):
+            return await self._lock_xattr(ino, "get", b"", None)  # locks (issue 4)
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
             if name == CONTROL_PID:
                 return str(os.getpid()).encode()
@@ -414,6 +429,9 @@ class FileSystem:
             raise NotPermitted("read-only control attribute", path=name)
         if self._is_top(ino):
             raise NotSupported("the mount root has no attributes")
+        if name == LOCK_XATTR:
+            await self._lock_xattr(ino, "set", value, caller)  # locks (issue 4)
+            return
         node = self.node(ino)
         await self._ws(node).setxattr(node, name, value, caller)
 
@@ -422,8 +440,38 @@ class FileSystem:
             raise NotPermitted("control attributes cannot be removed", path=name)  # issue 7
         if self._is_top(ino):
             raise NoAttribute(path=name)
+        if name == LOCK_XATTR:
+            await self._lock_xattr(ino, "remove", b"", caller)  # locks (issue 4)
+            return
         node = self.node(ino)
         await self._ws(node).removexattr(node, name, caller)
+
+    # -- locks (issue 4): user.agentfs.lock is a lease in the store, not a stored xattr --
+
+    async def _lock_xattr(self, ino: int, op: str, value: bytes, caller: Caller | None) -> bytes:
+        """get: the holders as JSON; set ``exclusive``/``shared`` [``wait``]: take
+        the lease for the calling process (EBUSY when held elsewhere, see LeaseBusy);
+        set ``break``: clear it (audited); remove: release the caller's lease."""
+        node = self.node(ino)
+        ws = self._ws(node)
+        path = ws._path(node)
+        if op == "get":
+            return await self.leases.show(ws.name, path)
+        assert caller is not None
+        if op == "remove":
+            await self.leases.release(ws.name, path, caller)
+            return b""
+        mode, _ = parse_lock_value(value)
+        if mode == "break":
+            old = await self.leases.break_lock(ws.name, path)
+            if not ws.read_only:
+                await ws.commit([break_record(path, old, caller, self.agent)])
+            return b""
+        try:
+            await self.leases.acquire(ws.name, path, value, caller)
+        except WouldBlock as e:
+            raise LeaseBusy(e.strerror or "", path=path) from None  # see LeaseBusy: not EAGAIN
+        return b""
 
     # -- background work -------------------------------------------------------------------
 
@@ -554,8 +602,10 @@ class FileSystem:
         nursery.start_soon(lambda: agentstate.background(lambda: list(self.workspaces.values()),
                                                          read_only=self.read_only))
 
+        nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
+
     async def close(self) -> None:
-        """Flush what is dirty (unmount), then drop the cache."""
+        """Flush what is dirty (unmount), give back leases, then drop the cache."""
         try:
             await self.sync_all()
         except AgentFSError as e:
@@ -568,6 +618,11 @@ class FileSystem:
                 await agentstate.flush_state_md(ws, force=True)
             except AgentFSError as e:
                 log.warning("unmount: STATE.md of %s not written: %s", ws.name, e)
+
+        try:
+            await self.leases.release_all()  # locks (issue 4): after the last uploads (still fenced)
+        except AgentFSError as e:
+            log.warning("unmount: releasing leases: %s", e)
         for h in list(self.handles.values()):
             h.of.close_local()
         self.cache.close()

@@ -34,7 +34,7 @@ import logging
 import os
 import stat as stat_mod
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from agentfs.errors import (
     AlreadyExists,
     BadName,
     CorruptRecord,
+    Fenced,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -268,6 +269,10 @@ class Workspace:
         self.recent = agentstate.RecentChanges()
         #: issue 7: ids of this mount's rename intents in progress (agentfs/intents.py).
         self._renaming: set[str] = set()
+
+        #: locks (issue 4): called before every upload with (path, caller); raises
+        #: Fenced when the caller's lease on path was taken over (set by the mount).
+        self.fence: Callable[[str, Caller], Awaitable[None]] | None = None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -702,6 +707,8 @@ class Workspace:
         if of.dirty:
             try:
                 await self._upload(of, caller)
+            except Fenced:
+                pass  # locks (issue 4): the bytes are already kept as a conflict copy
             except Exception as e:
                 log.warning("workspace %s: upload of %s failed (%s); kept for retry",
                             self.name, self.ns.path_of(of.node), e)
@@ -750,6 +757,13 @@ class Workspace:
             gen, size = of.gen, of.size
             key = self.key(path)
             cond: dict[str, Any] = {"if_absent": True} if of.base_etag is None else {"if_match": of.base_etag}
+            # -- locks (issue 4): a writer whose lease was taken over is fenced --
+            if self.fence is not None:
+                try:
+                    await self.fence(path, caller)
+                except Fenced as e:
+                    await self._keep_conflict(of, path, caller, action="fenced", token=e.token)
+                    raise
             try:
                 info, sha = await self._put_local(of, key, size, cond)
             except PreconditionFailed:
@@ -782,8 +796,10 @@ class Workspace:
         info = await self._io(self.store.put_file, key, local, **cond)
         return info, sha
 
-    async def _keep_conflict(self, of: OpenFile, path: str, caller: Caller) -> None:
-        """Our upload lost a race: keep our bytes under a visible conflict name."""
+    async def _keep_conflict(self, of: OpenFile, path: str, caller: Caller, *, action: str = "conflict",
+                             **detail: Any) -> None:
+        """Our upload lost a race (or was fenced: ``action="fenced"``): keep our
+        bytes under a visible conflict name."""
         parent_path, name = split(path)
         stem, dot, ext = name.rpartition(".")
         if not stem:
@@ -806,10 +822,11 @@ class Workspace:
         entry = Entry(kind="f", mode=of.node.entry.mode, uid=caller.uid, gid=caller.gid, mtime_ns=now,
                       ctime_ns=now, size=of.size, etag=info.etag, sha256=sha,
                       xattrs={"user.agentfs.conflict": encode_xattr(note.encode())})
-        await self.commit([self.record("conflict", PutOp(path=cpath, entry=entry), caller, of=path,
-                                       size=of.size, sha256=sha)])
-        log.warning("workspace %s: write to %s lost a race with another writer; kept as %s",
-                    self.name, path, cpath)
+        await self.commit([self.record(action, PutOp(path=cpath, entry=entry), caller, of=path,
+                                       size=of.size, sha256=sha, **detail)])
+        log.warning("workspace %s: write to %s %s; kept as %s", self.name, path,
+                    "was fenced (its lease was taken over)" if action == "fenced"
+                    else "lost a race with another writer", cpath)
         of.dirty = False
         # From now on this handle continues from the winner's version.
         cur = self.ns.resolve(path)
@@ -1076,7 +1093,10 @@ class Workspace:
         """Flush every dirty file, including closed ones whose upload failed."""
         for of in list(self.open_files.values()):
             if of.dirty:
-                await self._upload(of, self._retry.get(of.node.ino, caller))
+                try:
+                    await self._upload(of, self._retry.get(of.node.ino, caller))
+                except Fenced:
+                    pass  # locks (issue 4): already kept as a conflict copy; go on with the rest
             if of.handles <= 0 and not of.dirty:
                 self._forget_open(of)
 

@@ -84,6 +84,7 @@ def mount(
     scan_interval: Annotated[float, typer.Option(help="Seconds between scans for external writes (0: off)")] = 60.0,
     log_file: Annotated[str | None, typer.Option(help="Log file (default: stderr)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    lease_ttl: Annotated[float, typer.Option(help="Seconds a lock lease lives without renewal")] = 30.0,
 ) -> None:
     """Mount a store (every top-level directory is a workspace) or one workspace.
 
@@ -103,7 +104,7 @@ def mount(
         foreground=foreground, agent=agent or os.environ.get("AGENTFS_AGENT", ""),
         read_only=read_only, endpoint_url=endpoint_url, allow_other=allow_other,
         scan_interval=scan_interval, log_file=os.path.abspath(log_file) if log_file else None,
-        log_level=log_level, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
+        log_level=log_level, lease_ttl=lease_ttl, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
     )
     raise typer.Exit(run_mount(cfg))
 
@@ -348,6 +349,12 @@ def check(
 
 # Agent state and the audit log (issue 3): state ls/get/set/lifecycle, log, prune.
 _state_cli.register(app)
+
+
+# locks (issue 4): `agentfs lock`, `agentfs locks`
+from agentfs.cli.locks import register as _register_locks  # noqa: E402
+
+_register_locks(app)
 
 
 def main() -> None:

@@ -267,7 +267,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def getxattr(self, inode, name, ctx):
-        return self.fs.getxattr(inode, _text(name, "xattr name"))
+        return await self.fs.getxattr(inode, _text(name, "xattr name"))
 
     @boundary
     async def listxattr(self, inode, ctx):
