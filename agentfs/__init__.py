@@ -8,8 +8,8 @@ Mount a workspace with ``agentfs mount``, or use it from Python without FUSE::
 """
 
 from agentfs import errors
-from agentfs.api import FileStat, WorkspaceClient, open_workspace
+from agentfs.api import FileStat, WorkspaceClient, checkpoint, open_workspace
 from agentfs.workspace import Workspace
 
-__all__ = ["FileStat", "Workspace", "WorkspaceClient", "errors", "open_workspace"]
+__all__ = ["FileStat", "Workspace", "WorkspaceClient", "checkpoint", "errors", "open_workspace"]
 __version__ = "0.1.0"

@@ -19,8 +19,9 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, Field
 
+from agentfs import checkpoints
 from agentfs.cache import Cache
-from agentfs.errors import AgentFSError, CorruptRecord
+from agentfs.errors import AgentFSError, CorruptRecord, NotFound
 from agentfs.journal import META
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
@@ -89,6 +90,14 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
             continue
         rep.files += 1
         known.add(path)
+        if node.entry.data_key:
+            # checkpoints: restored/forked bytes not yet materialised; they must
+            # be where data_key (or its fallback blob) says.
+            if not any(_exists(store, k, etag) for k, etag in checkpoints._candidates(ws, path, node.entry)):
+                rep.errors.append(f"bytes of {path!r} are missing (data key {node.entry.data_key!r})")
+            else:
+                rep.notices.append(f"{path!r} awaits materialisation from {node.entry.data_key!r}")
+            continue
         o = objects.get(path)
         if o is None:
             rep.errors.append(f"missing object for committed file {path!r}")
@@ -113,6 +122,14 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
                 store.delete(prefix + path)
                 rep.repaired.append(f"deleted leftover {path!r}")
     return rep
+
+
+def _exists(store: ObjectStore, key: str, etag: str | None) -> bool:
+    try:
+        info = store.head(key)
+    except NotFound:
+        return False
+    return etag is None or info.etag == etag
 
 
 def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repair: bool = False) -> CheckReport:

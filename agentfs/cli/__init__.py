@@ -387,6 +387,13 @@ def log_cmd(
     out.print(table)
 
 
+# checkpoints (agentfs/cli/checkpoint.py)
+from agentfs.cli import checkpoint as _checkpoint  # noqa: E402
+
+app.add_typer(_checkpoint.app, name="checkpoint")
+app.command("gc")(_checkpoint.gc_command)
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and an exit code."""
     logging.basicConfig(level=os.environ.get("AGENTFS_LOG", "WARNING").upper(),
