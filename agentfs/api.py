@@ -329,6 +329,26 @@ class WorkspaceClient:
             return await self._w._io(checkpoints.state_at, self.store, self.name, seq)
         return self._run(go)
 
+    def read_checkpoint_bytes(self, name: str, path: str) -> bytes:
+        """The bytes ``path`` had at checkpoint ``name`` (from its natural key or its blob)."""
+        state = self.state_of(name)
+        e = state.entries.get(path.strip("/"))
+        if e is None:
+            raise NotFound(path=path)
+        if e.kind != "f":
+            raise IsADirectory(path=path) if e.kind == "d" else NotFound("not a file", path=path)
+
+        async def go() -> bytes:
+            chunks, off = [], 0
+            while off < e.size:
+                chunk = await checkpoints.read_version(self._w, path.strip("/"), e, off, 8 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                off += len(chunk)
+            return b"".join(chunks)
+        return self._run(go)
+
     def diff(self, a: str | None, b: str | None = "head") -> checkpoints.CheckpointDiff:
         """What changed from checkpoint ``a`` to ``b`` (``"head"``: the current tree)."""
         return checkpoints.diff_states(self.state_of(a), self.state_of(b), f"{self.name}@{a or 'head'}",

@@ -342,5 +342,5 @@ class Namespace:
             if etag is not None and n.entry.kind == "f":
                 # This key was rewritten by the rename's copy: it is live again.
                 self.tombstones.pop(join(op.dst, rel) if rel else op.dst, None)
-                n.entry = n.entry.model_copy(update={"etag": etag, "vseq": self.seq})
+                n.entry = n.entry.model_copy(update={"etag": etag, "vseq": self.seq, "data_key": None})
                 ch.inodes.add(n.ino)

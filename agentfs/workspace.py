@@ -754,7 +754,7 @@ class Workspace:
                 await self._keep_conflict(of, path, caller)
                 return
             entry = node.entry.model_copy(update={
-                "size": size, "etag": info.etag, "sha256": sha,
+                "size": size, "etag": info.etag, "sha256": sha, "data_key": None,
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
             })
             action = "create" if node.pending else "write"
@@ -995,7 +995,7 @@ class Workspace:
             etags: dict[str, str] = {}
 
             async def copy_one(rel: str, n: Node) -> None:
-                old_key = self.key(join(src_path, rel) if rel else src_path)
+                old_key = n.entry.data_key or self.key(join(src_path, rel) if rel else src_path)
                 new_key = self.key(join(dst_path, rel) if rel else dst_path)
                 try:
                     info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag)
