@@ -155,13 +155,32 @@ def referenced(ws: Workspace, entry: Entry) -> bool:
         and entry.vseq <= max(cps.values())
 
 
+#: A writer catches up with the journal before destroying a committed version
+#: unless it did so this recently; a creator in another process waits a bit
+#: longer than this after its commit (see :func:`create`), so every overwrite
+#: that starts after ``checkpoint create`` returns knows the checkpoint.
+FENCE = 0.1
+
+
+async def fence(ws: Workspace) -> None:
+    """Catch up with the journal unless done within :data:`FENCE` seconds (one
+    GET, usually answering "no new commit")."""
+    now = time.monotonic()
+    if now - getattr(ws, "_cp_fenced_at", -1e9) < FENCE or ws.read_only:
+        return
+    await ws.pull()
+    ws._cp_fenced_at = now  # type: ignore[attr-defined]
+
+
 async def preserve(ws: Workspace, path: str, entry: Entry) -> None:
     """Keep the bytes of ``path``'s current version if a checkpoint needs them.
 
-    Called before the version at the natural key is destroyed.  No request
-    when no live checkpoint references it.  A natural key that already holds
-    another version (an external overwrite) cannot be preserved: logged.
+    Called before the version at the natural key is destroyed, after
+    :func:`fence` (so a checkpoint another process cut is known).  A natural
+    key that already holds another version (an external overwrite) cannot be
+    preserved: logged.
     """
+    await fence(ws)
     if not referenced(ws, entry):
         return
     key = blob_key(ws.name, blob_id(entry, path))
@@ -180,6 +199,7 @@ async def preserve(ws: Workspace, path: str, entry: Entry) -> None:
 
 async def preserve_tree(ws: Workspace, path: str, node: Node) -> None:
     """:func:`preserve` every committed file at and below ``node`` (in parallel)."""
+    await fence(ws)
     if not ws.ns.checkpoints:
         return
     items = [(path, node), *ws.ns.walk(node, path)]
@@ -271,11 +291,14 @@ def list_checkpoints(store: ObjectStore, ws: str, live: dict[str, int]) -> list[
 
 
 async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str = "",
-                 prefix: str = "cp") -> Checkpoint:
+                 prefix: str = "cp", wait_fence: bool = True) -> Checkpoint:
     """Cut a checkpoint of ``ws`` now (one journal commit); returns its record.
 
     Tree-atomic: the namespace lock is held exclusively, so every upload of
-    this process is either committed before it or starts after it.
+    this process is either committed before it or starts after it.  Other
+    processes learn of it at their next :func:`fence`; with ``wait_fence``
+    this returns only after that window (``1.5 * FENCE``) has passed, so
+    every overwrite that starts later preserves what the checkpoint needs.
     """
     ws._writable()
     name = name or default_name(prefix)
@@ -298,6 +321,8 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
                     files=files, bytes=size)
     await ws._io(write_record, ws.store, cp)
     log.info("workspace %s: checkpoint %s at seq %d", ws.name, name, seq)
+    if wait_fence:
+        await trio.sleep(1.5 * FENCE)
     return cp
 
 
@@ -921,6 +946,7 @@ class SnapshotsDir(_View):
         self.sync()
 
     async def mkdir_checkpoint(self, name: str, caller: Caller) -> Node:
+        # wait_fence: other processes writing through other mounts learn of it too
         await create(self.ws, name, caller, note="created by mkdir in .snapshots")
         self.sync()
         return self.lookup(self.ns.root, name)
