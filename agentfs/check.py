@@ -112,6 +112,7 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
             rep.notices.append(f"leftover object {path!r} of an interrupted operation")
         else:
             rep.notices.append(f"untracked object {path!r} (an external write, adopted on the next scan)")
+    _check_checkpoints(store, ws, objects, rep)
     if repair:
         n = await ws.scan(now=float("inf"))
         if n:
@@ -122,6 +123,33 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
                 store.delete(prefix + path)
                 rep.repaired.append(f"deleted leftover {path!r}")
     return rep
+
+
+def _check_checkpoints(store: ObjectStore, ws: Workspace, objects: dict, rep: WorkspaceReport) -> None:
+    """Every file of every live checkpoint has its bytes somewhere: at its
+    natural key (same version) or in a preserved blob."""
+    if not ws.ns.checkpoints:
+        return
+    blobs = {o.key for o in store.list(f"{META}/{ws.name}/blobs/")}
+    for name, seq in sorted(ws.ns.checkpoints.items(), key=lambda kv: kv[1]):
+        try:
+            state = checkpoints.state_at(store, ws.name, seq)
+        except AgentFSError as e:
+            rep.errors.append(f"checkpoint {name!r}: cannot rebuild its namespace: {e}")
+            continue
+        for path, e in state.entries.items():
+            if e.kind != "f" or e.etag is None:
+                continue
+            if e.data_key:
+                cands = checkpoints._candidates(ws, path, e)
+                if not any(k in blobs or _exists(store, k, etag) for k, etag in cands):
+                    rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing")
+                continue
+            o = objects.get(path)
+            if (o is not None and o.etag == e.etag) or checkpoints.blob_key(
+                    ws.name, checkpoints.blob_id(e, path)) in blobs:
+                continue
+            rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing (not preserved)")
 
 
 def _exists(store: ObjectStore, key: str, etag: str | None) -> bool:
