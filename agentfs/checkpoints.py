@@ -56,6 +56,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from agentfs.errors import (
+    AgentFSError,
     AlreadyExists,
     BadName,
     Busy,
@@ -456,6 +457,9 @@ async def materialise(ws: Workspace, caller: Caller | None = None, *, limit: int
                     info = await ws._io(ws.store.copy, key, ws.key(path), if_match=etag)
                 except (NotFound, PreconditionFailed):
                     continue
+                except AgentFSError as err:  # store trouble: retried on the next round
+                    log.warning("workspace %s: materialising %s: %s", ws.name, path, err)
+                    return
                 if info.size != e.size:
                     continue
                 done[path] = (e, info.etag)

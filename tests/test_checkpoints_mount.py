@@ -275,6 +275,7 @@ def test_mount_killed_during_materialisation_resumes(mounter: Callable[..., Moun
     time.sleep(random.uniform(4.5, 6.0))  # the mount's background materialisation starts at ~5 s
     m.kill()
     m = mounter(store_url)
+    os.listdir(m.path / "ws")  # a whole-store mount loads (and resumes) a workspace on first use
     wait_for(lambda: not _data_keys(store_url), timeout=60, what="materialisation after remount")
     assert _hashes(m.path / "ws") == want
     st = open_store(store_url)
