@@ -71,6 +71,13 @@ def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condi
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def settle_and_unmount(m: Mount) -> None:
+    """Unmount after the kernel's asynchronous RELEASE requests are answered
+    (unmounting under one makes pyfuse3 log an ERROR about its reply)."""
+    time.sleep(0.5)
+    m.unmount()
+
+
 def populate(ws: Path) -> None:
     (ws / "a.txt").write_bytes(b"alpha v1\n")
     (ws / "docs").mkdir()
@@ -216,7 +223,7 @@ def test_crash_during_restore_is_all_or_nothing(mounter: Callable[..., Mount], s
     for i in range(40, 50):
         (ws / f"f{i:02d}").write_bytes(b"extra")
     new = _hashes(ws)
-    m.unmount()
+    settle_and_unmount(m)
     rng = random.Random(int(os.environ.get("CRASH_SEED", str(time.time_ns()))))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     outcomes = set()
@@ -235,7 +242,7 @@ def test_crash_during_restore_is_all_or_nothing(mounter: Callable[..., Mount], s
         # a mount finishes the materialisation in the background
         wait_for(lambda: not any(e for e in _data_keys(store_url)), timeout=60, what="materialisation")
         assert _hashes(m2.path / "ws") == got
-        m2.unmount()
+        settle_and_unmount(m2)
         rep = check_store(open_store(store_url))
         assert rep.clean, rep.model_dump_json(indent=1)
         if got == old:
@@ -267,7 +274,7 @@ def test_mount_killed_during_materialisation_resumes(mounter: Callable[..., Moun
     want = _hashes(ws)
     for i in range(30):
         (ws / f"f{i:02d}").write_bytes(b"changed")
-    m.unmount()
+    settle_and_unmount(m)
     ok("checkpoint", "restore", f"{store_url}/ws", "base", "--no-materialize")
     assert len(_data_keys(store_url)) == 30
     m = mounter(store_url)
