@@ -285,3 +285,31 @@ def test_checkpoint_survives_compaction_and_reload(clients: Callable[..., Worksp
     assert again.read_checkpoint_bytes("early", "f") == b"0"
     h = hashlib.sha256(b"0").hexdigest()
     assert any(k.endswith(h) for k in blobs(url))
+
+
+def test_namespace_stamps_versions_and_checkpoints() -> None:
+    """Pure: vseq is the seq of the commit that brought the bytes; metadata
+    changes keep it; a checkpoint name is taken by the first commit."""
+    from agentfs.models import CheckpointOp, Entry, MoveOp, PutOp
+    from agentfs.namespace import InodeTable, Namespace
+
+    ns = Namespace(InodeTable(), Entry(kind="d", mode=0o755))
+
+    def at(seq: int, op: Any) -> None:
+        ns.seq = seq
+        ns.apply(op, 0.0)
+
+    f = Entry(kind="f", mode=0o644, size=1, etag="e1", sha256="s1")
+    at(1, PutOp(path="f", entry=f))
+    at(2, CheckpointOp(name="c"))
+    at(3, PutOp(path="f", entry=f.model_copy(update={"mode": 0o600})))
+    assert ns.resolve("f").entry.vseq == 1  # chmod: same bytes
+    at(4, CheckpointOp(name="c"))  # a racing second "c" loses
+    assert ns.checkpoints == {"c": 2}
+    at(5, PutOp(path="f", entry=f.model_copy(update={"etag": "e2"})))
+    assert ns.resolve("f").entry.vseq == 5
+    at(6, MoveOp(src="f", dst="g", etags={"": "e3"}))
+    assert ns.resolve("g").entry.vseq == 6
+    assert ns.to_state().checkpoints == {"c": 2}
+    at(7, CheckpointOp(name="c", delete=True))
+    assert ns.checkpoints == {}

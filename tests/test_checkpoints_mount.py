@@ -346,3 +346,15 @@ def test_gc_keeps_what_checkpoints_reference(mount: Mount, store_url: str) -> No
     assert r.returncode == 64 and "keep" in r.stderr
     ok("checkpoint", "prune", f"{store_url}/ws", "--keep-last", "0")
     wait_for(lambda: os.listdir(ws / ".snapshots") == [], what="prune to show in the mount")
+
+
+def test_snapshots_in_a_single_workspace_mount(mounter: Callable[..., Mount], store_url: str) -> None:
+    m = mounter(store_url, "--workspace", "solo")
+    (m.path / "f.txt").write_bytes(b"one")
+    os.mkdir(m.path / ".snapshots" / "s1")
+    (m.path / "f.txt").write_bytes(b"two")
+    assert (m.path / ".snapshots" / "s1" / "f.txt").read_bytes() == b"one"
+    assert os.listdir(m.path) == ["f.txt"]
+    with pytest.raises(OSError) as ei:
+        (m.path / ".snapshots" / "s1" / "f.txt").write_bytes(b"x")
+    assert ei.value.errno == errno.EROFS
