@@ -8,9 +8,10 @@ Mount a workspace with ``agentfs mount``, or use it from Python without FUSE::
 """
 
 from agentfs import errors
-from agentfs.api import FileStat, WorkspaceClient, open_workspace
+from agentfs.api import FileStat, WorkspaceClient, checkpoint, open_workspace
 from agentfs.locks import FileLock, lock
 from agentfs.workspace import Workspace
 
-__all__ = ["FileLock", "FileStat", "Workspace", "WorkspaceClient", "errors", "lock", "open_workspace"]
+__all__ = ["FileLock", "FileStat", "Workspace", "WorkspaceClient", "checkpoint", "errors", "lock",
+           "open_workspace"]
 __version__ = "0.1.0"

@@ -57,6 +57,7 @@ from agentfs.errors import AgentFSError, CorruptRecord, InvalidState, NotFound, 
 from agentfs.identity import Caller
 from agentfs.journal import META, Journal
 from agentfs.models import (
+    CheckpointOp,
     Commit,
     DelOp,
     Entry,
@@ -576,6 +577,8 @@ def _path_of(r: Record) -> str:
     op = r.op
     if isinstance(op, MoveOp):
         return f"{op.src} -> {op.dst}"
+    if isinstance(op, CheckpointOp):
+        return f"@{op.name}"
     return op.path
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate
+from agentfs import agentstate, checkpoints
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -39,13 +39,14 @@ from agentfs.errors import (
     WouldBlock,
 )
 from agentfs.identity import Caller
+from agentfs.journal import Journal
 from agentfs.locks import DEFAULT_TTL, LeaseManager
-from agentfs.models import StateRow
+from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
 from agentfs.workspace import OpenFile, Workspace
 
-__all__ = ["FileStat", "WorkspaceClient", "open_workspace"]
+__all__ = ["FileStat", "WorkspaceClient", "checkpoint", "open_workspace"]
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,89 @@ class WorkspaceClient:
             await agentstate.flush_state_md(self._w, force=True)
         self._run(go)
 
+    # -- checkpoints (agentfs/checkpoints.py) ----------------------------------------------
+
+    def checkpoint(self, name: str | None = None, *, note: str = "") -> Checkpoint:
+        """Cut a checkpoint now (one journal commit, no bytes copied); returns its record."""
+        return self._run(lambda: checkpoints.create(self._w, name, self.caller, note=note))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The live checkpoints, oldest first."""
+        async def go() -> list[Checkpoint]:
+            return await self._w._io(checkpoints.list_checkpoints, self.store, self.name,
+                                     dict(self._w.ns.checkpoints))
+        return self._run(go)
+
+    def delete_checkpoint(self, name: str) -> None:
+        self._run(lambda: checkpoints.delete(self._w, name, self.caller))
+
+    def restore(self, name: str, *, materialize: bool = True) -> Checkpoint:
+        """Bring the workspace back to checkpoint ``name``; returns the automatic
+        checkpoint of the previous head (restore that one to undo)."""
+        return self._run(lambda: checkpoints.restore(self._w, name, self.caller, materialize=materialize))
+
+    def materialize(self) -> int:
+        """Copy restored/forked files to their natural keys now; returns how many."""
+        return self._run(lambda: checkpoints.materialise(self._w, self.caller))
+
+    def state_of(self, name: str | None) -> State:
+        """The namespace at checkpoint ``name`` (None or ``"head"``: now)."""
+        async def go() -> State:
+            if name in (None, "head"):
+                return self._w.ns.to_state()
+            seq = self._w.ns.checkpoints.get(name)
+            if seq is None:
+                raise NotFound("no such checkpoint", path=name)
+            return await self._w._io(checkpoints.state_at, self.store, self.name, seq)
+        return self._run(go)
+
+    def read_checkpoint_bytes(self, name: str, path: str) -> bytes:
+        """The bytes ``path`` had at checkpoint ``name`` (from its natural key or its blob)."""
+        state = self.state_of(name)
+        e = state.entries.get(path.strip("/"))
+        if e is None:
+            raise NotFound(path=path)
+        if e.kind != "f":
+            raise IsADirectory(path=path) if e.kind == "d" else NotFound("not a file", path=path)
+
+        async def go() -> bytes:
+            chunks, off = [], 0
+            while off < e.size:
+                chunk = await checkpoints.read_version(self._w, path.strip("/"), e, off, 8 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                off += len(chunk)
+            return b"".join(chunks)
+        return self._run(go)
+
+    def diff(self, a: str | None, b: str | None = "head") -> checkpoints.CheckpointDiff:
+        """What changed from checkpoint ``a`` to ``b`` (``"head"``: the current tree)."""
+        return checkpoints.diff_states(self.state_of(a), self.state_of(b), f"{self.name}@{a or 'head'}",
+                                       f"{self.name}@{b or 'head'}")
+
+    def fork(self, name: str, new_workspace: str, *, materialize: bool = True) -> int:
+        """Create workspace ``new_workspace`` (same store) from checkpoint ``name``;
+        returns the number of entries.  Nothing is copied up front; with
+        ``materialize`` the files are then copied to their natural keys here (else
+        a mount of the new workspace does it in the background)."""
+        async def go() -> int:
+            if await self._w._io(Journal(self.store, new_workspace).exists):
+                raise AlreadyExists("workspace exists", path=new_workspace)
+            new = await Workspace.load_new(self.store, new_workspace, create=True, table=InodeTable(),
+                                           cache=Cache(self._tmp / f"fork-{new_workspace}"),
+                                           limiter=trio.CapacityLimiter(16), agent=self.caller.agent)
+            try:
+                return await checkpoints.fork(self._w, name, new, self.caller, materialize=materialize)
+            finally:
+                new.cache.close()
+        return self._run(go)
+
+    def prune_checkpoints(self, *, keep_last: int | None = None, keep_within: float | None = None,
+                          dry_run: bool = False) -> list[str]:
+        return self._run(lambda: checkpoints.prune(self._w, self.caller, keep_last=keep_last,
+                                                   keep_within=keep_within, dry_run=dry_run))
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -491,3 +575,10 @@ def open_workspace(url: str, workspace: str, *, agent: str = "", create: bool = 
     except AgentFSError:
         store.close()
         raise
+
+
+def checkpoint(url: str, workspace: str, name: str | None = None, *, note: str = "", agent: str = "",
+               endpoint_url: str | None = None) -> Checkpoint:
+    """Cut a checkpoint of ``workspace`` of the store at ``url`` (see :meth:`WorkspaceClient.checkpoint`)."""
+    with open_workspace(url, workspace, agent=agent, create=False, endpoint_url=endpoint_url) as c:
+        return c.checkpoint(name, note=note)

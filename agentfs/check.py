@@ -19,9 +19,9 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, Field
 
-from agentfs import intents
+from agentfs import checkpoints, intents
 from agentfs.cache import Cache
-from agentfs.errors import AgentFSError, CorruptRecord
+from agentfs.errors import AgentFSError, CorruptRecord, NotFound
 from agentfs.journal import META
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
@@ -91,6 +91,14 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
             continue
         rep.files += 1
         known.add(path)
+        if node.entry.data_key:
+            # checkpoints: restored/forked bytes not yet materialised; they must
+            # be where data_key (or its fallback blob) says.
+            if not any(_exists(store, k, etag) for k, etag in checkpoints._candidates(ws, path, node.entry)):
+                rep.errors.append(f"bytes of {path!r} are missing (data key {node.entry.data_key!r})")
+            else:
+                rep.notices.append(f"{path!r} awaits materialisation from {node.entry.data_key!r}")
+            continue
         o = objects.get(path)
         if o is None:
             rep.errors.append(f"missing object for committed file {path!r}")
@@ -108,6 +116,8 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
     for key, intent in await trio.to_thread.run_sync(intents.pending, ws.journal):
         rep.notices.append(f"rename intent {key} ({intent.src!r} -> {intent.dst!r}) not finished"
                            if intent is not None else f"unreadable rename intent {key}")
+
+    _check_checkpoints(store, ws, objects, rep)
     if repair:
         n = await ws.scan(now=float("inf"))
         if n:
@@ -118,6 +128,41 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
                 store.delete(prefix + path)
                 rep.repaired.append(f"deleted leftover {path!r}")
     return rep
+
+
+def _check_checkpoints(store: ObjectStore, ws: Workspace, objects: dict, rep: WorkspaceReport) -> None:
+    """Every file of every live checkpoint has its bytes somewhere: at its
+    natural key (same version) or in a preserved blob."""
+    if not ws.ns.checkpoints:
+        return
+    blobs = {o.key for o in store.list(f"{META}/{ws.name}/blobs/")}
+    for name, seq in sorted(ws.ns.checkpoints.items(), key=lambda kv: kv[1]):
+        try:
+            state = checkpoints.state_at(store, ws.name, seq)
+        except AgentFSError as e:
+            rep.errors.append(f"checkpoint {name!r}: cannot rebuild its namespace: {e}")
+            continue
+        for path, e in state.entries.items():
+            if e.kind != "f" or e.etag is None:
+                continue
+            if e.data_key:
+                cands = checkpoints._candidates(ws, path, e)
+                if not any(k in blobs or _exists(store, k, etag) for k, etag in cands):
+                    rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing")
+                continue
+            o = objects.get(path)
+            if (o is not None and o.etag == e.etag) or checkpoints.blob_key(
+                    ws.name, checkpoints.blob_id(e, path)) in blobs:
+                continue
+            rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing (not preserved)")
+
+
+def _exists(store: ObjectStore, key: str, etag: str | None) -> bool:
+    try:
+        info = store.head(key)
+    except NotFound:
+        return False
+    return etag is None or info.etag == etag
 
 
 def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repair: bool = False) -> CheckReport:

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointOp",
     "Commit",
     "DelOp",
     "Entry",
@@ -84,6 +86,10 @@ class Entry(_Model):
     data_key: str | None = None
     target: str | None = None
     xattrs: dict[str, str] = Field(default_factory=dict)
+    #: Checkpoints: the journal seq at which this file's current bytes (etag)
+    #: were committed; stamped by ``Namespace.apply``, kept across metadata-only
+    #: changes.  0 (old records) means "unknown, assume old" (safe for COW).
+    vseq: int = 0
 
 
 class PutOp(_Model):
@@ -116,7 +122,18 @@ class NoteOp(_Model):
     path: str
 
 
-Op = Annotated[PutOp | DelOp | MoveOp | NoteOp, Field(discriminator="op")]
+
+class CheckpointOp(_Model):
+    """Create (or, with ``delete``, drop) checkpoint ``name``: it freezes the
+    namespace at the seq of the commit that carries it (see checkpoints.py)."""
+
+    op: Literal["checkpoint"] = "checkpoint"
+    name: str
+    note: str = ""
+    delete: bool = False
+
+
+Op = Annotated[PutOp | DelOp | MoveOp | NoteOp | CheckpointOp, Field(discriminator="op")]
 
 
 class Record(_Model):
@@ -152,6 +169,8 @@ class State(_Versioned):
     seq: int = Field(ge=0)
     entries: dict[str, Entry]
     tombstones: dict[str, float] = Field(default_factory=dict)
+    #: Live checkpoints: name -> seq (checkpoints.py).
+    checkpoints: dict[str, int] = Field(default_factory=dict)
 
 
 def encode_xattr(value: bytes) -> str:
@@ -319,3 +338,25 @@ class Lease(_Versioned):
     def mode(self) -> str | None:
         """``exclusive``/``shared`` while held, None when free."""
         return self.holders[0].mode if self.holders else None
+
+# -- checkpoints (issue 5) -----------------------------------------------------
+
+
+class Checkpoint(_Versioned):
+    """The record ``.agentfs/<ws>/snapshots/<name>.json`` of one checkpoint.
+
+    The journal is authoritative (a ``CheckpointOp`` commit at ``seq``); this
+    record adds who/when/note for listings and sits next to a ``<name>.md``
+    summary for humans.  ``forks`` names workspaces forked from it.
+    """
+
+    v: int = FORMAT_VERSION
+    name: str
+    workspace: str
+    seq: int = Field(ge=1)
+    created: float = Field(default_factory=time.time)
+    by: str = ""
+    note: str = ""
+    files: int = 0
+    bytes: int = 0
+    forks: list[str] = Field(default_factory=list)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from agentfs.models import DelOp, Entry, MoveOp, Op, PutOp, State
+from agentfs.models import CheckpointOp, DelOp, Entry, MoveOp, Op, PutOp, State
 
 __all__ = ["Changes", "InodeTable", "Namespace", "Node", "join", "split"]
 
@@ -115,6 +115,8 @@ class Namespace:
         self.table = table
         self.seq = 0
         self.tombstones: dict[str, float] = {}
+        #: Live checkpoints (name -> seq), from CheckpointOp records.
+        self.checkpoints: dict[str, int] = {}
         #: The object that owns this tree (its Workspace), for inode routing.
         self.owner: object = None
         self.root = Node(self, root_ino if root_ino is not None else table.alloc(), "", None, root_entry)
@@ -166,15 +168,17 @@ class Namespace:
             if not node.pending:
                 entries[path] = node.entry
         tomb = {k: t for k, t in self.tombstones.items() if t >= cutoff}
-        return State(seq=self.seq, entries=entries, tombstones=tomb)
+        return State(seq=self.seq, entries=entries, tombstones=tomb, checkpoints=dict(self.checkpoints))
 
     def load_state(self, state: State) -> None:
         """Replace the tree with ``state`` (only on a fresh namespace)."""
         self.root.entry = state.entries.get("", self.root.entry)
         for path in sorted(state.entries, key=lambda p: (p.count("/"), p)):
             if path:
-                self._put(path, state.entries[path], Changes(), state.entries[path].mtime_ns / 1e9)
+                self._put(path, state.entries[path], Changes(), state.entries[path].mtime_ns / 1e9,
+                          stamp=False)
         self.tombstones = dict(state.tombstones)
+        self.checkpoints = dict(state.checkpoints)
         self.seq = state.seq
 
     # -- local, uncommitted --------------------------------------------------
@@ -199,8 +203,19 @@ class Namespace:
     # -- applying the journal ------------------------------------------------
 
     def apply(self, op: Op, when: float) -> Changes:
-        """Apply one journal operation; never raises on a well-formed op."""
+        """Apply one journal operation; never raises on a well-formed op.
+
+        The caller sets :attr:`seq` to the seq of the commit being applied
+        first: new file versions are stamped with it (``Entry.vseq``) and a
+        checkpoint freezes the tree at it.
+        """
         ch = Changes()
+        if isinstance(op, CheckpointOp):
+            if op.delete:
+                self.checkpoints.pop(op.name, None)
+            else:
+                self.checkpoints.setdefault(op.name, self.seq)  # first one wins a name race
+            return ch
         if isinstance(op, PutOp):
             self._put(op.path, op.entry, ch, when)
             self.tombstones.pop(op.path, None)
@@ -233,7 +248,16 @@ class Namespace:
             node = nxt
         return node
 
-    def _put(self, path: str, entry: Entry, ch: Changes, when: float = 0.0) -> Node:
+    def _put(self, path: str, entry: Entry, ch: Changes, when: float = 0.0, *, stamp: bool = True) -> Node:
+        if stamp and entry.kind == "f":
+            # Checkpoints: vseq is when these bytes were committed; a metadata
+            # change (same etag) keeps it, new bytes get this commit's seq.
+            cur = self.resolve(path)
+            same = cur is not None and cur.entry.kind == "f" and cur.entry.etag == entry.etag \
+                and cur.entry.data_key == entry.data_key
+            vseq = cur.entry.vseq if same and cur is not None else self.seq
+            if entry.vseq != vseq:
+                entry = entry.model_copy(update={"vseq": vseq})
         if not path:
             self.root.entry = entry
             ch.inodes.add(self.root.ino)
@@ -318,5 +342,5 @@ class Namespace:
             if etag is not None and n.entry.kind == "f":
                 # This key was rewritten by the rename's copy: it is live again.
                 self.tombstones.pop(join(op.dst, rel) if rel else op.dst, None)
-                n.entry = n.entry.model_copy(update={"etag": etag})
+                n.entry = n.entry.model_copy(update={"etag": etag, "vseq": self.seq, "data_key": None})
                 ch.inodes.add(n.ino)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate
+from agentfs import agentstate, checkpoints
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -130,6 +130,9 @@ class FileSystem:
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
+        #: checkpoints: the virtual ``.snapshots`` directory of each workspace
+        self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
+
     # -- workspaces ------------------------------------------------------------
 
     async def start(self) -> None:
@@ -181,8 +184,17 @@ class FileSystem:
 
     def _ws(self, node: Node) -> Workspace:
         ws = node.ns.owner
-        assert isinstance(ws, Workspace)
-        return ws
+        # checkpoints: nodes of .snapshots views are owned by read-only views
+        # with the same interface (every mutation raises ReadOnly).
+        assert isinstance(ws, (Workspace, checkpoints._View))
+        return ws  # type: ignore[return-value]
+
+    def _snapdir(self, ws: Workspace) -> checkpoints.SnapshotsDir:
+        d = self._snapdirs.get(ws.name)
+        if d is None:
+            d = self._snapdirs[ws.name] = checkpoints.SnapshotsDir(ws, self.table)
+        d.sync()
+        return d
 
     def node(self, ino: int) -> Node:
         n = self.table.get(ino)
@@ -218,7 +230,13 @@ class FileSystem:
             node = ws.ns.root
         else:
             pnode = self.node(parent)
-            node = self._ws(pnode).lookup(pnode, name)
+            owner = pnode.ns.owner
+            if isinstance(owner, Workspace) and pnode is owner.ns.root and name == checkpoints.SNAPSHOTS_DIR:
+                node = self._snapdir(owner).node  # checkpoints: the virtual .snapshots directory
+            else:
+                if isinstance(owner, checkpoints._View):
+                    await owner.prepare(pnode)
+                node = self._ws(pnode).lookup(pnode, name)
         node.lookups += 1
         return self._ws(node).attr(node)
 
@@ -245,6 +263,8 @@ class FileSystem:
                 entries.append((name, ws.ns.root.ino))
         else:
             node = self.node(ino)
+            if isinstance(node.ns.owner, checkpoints._View):
+                await node.ns.owner.prepare(node)
             entries = [(n, c.ino) for n, c in self._ws(node).listdir(node)]
         fh = next(self._fh)
         self.dirs[fh] = entries
@@ -278,7 +298,10 @@ class FileSystem:
             return ws.attr(node)
         pnode = self.node(parent)
         ws = self._ws(pnode)
-        node = await ws.mkdir(pnode, name, mode, caller)
+        if isinstance(ws, checkpoints.SnapshotsDir):
+            node = await ws.mkdir_checkpoint(name, caller)  # mkdir .snapshots/NAME
+        else:
+            node = await ws.mkdir(pnode, name, mode, caller)
         node.lookups += 1
         return ws.attr(node)
 
@@ -289,6 +312,9 @@ class FileSystem:
     async def rmdir(self, parent: int, name: str, caller: Caller) -> None:
         self._top_refuse(parent)
         pnode = self.node(parent)
+        if isinstance(pnode.ns.owner, checkpoints.SnapshotsDir):
+            await pnode.ns.owner.rmdir_checkpoint(name, caller)  # rmdir .snapshots/NAME
+            return
         await self._ws(pnode).rmdir(pnode, name, caller)
 
     async def unlink(self, parent: int, name: str, caller: Caller) -> None:
@@ -314,6 +340,8 @@ class FileSystem:
         if flags & ~1:  # only RENAME_NOREPLACE (1); RENAME_EXCHANGE is not supported
             raise InvalidArgument("unsupported rename flags")
         a, b = self.node(p_old), self.node(p_new)
+        if isinstance(a.ns.owner, checkpoints._View) or isinstance(b.ns.owner, checkpoints._View):
+            raise ReadOnly("checkpoints are read-only")
         ws = self._ws(a)
         if self._ws(b) is not ws:
             raise OSError(18, "cross-workspace rename")  # EXDEV: tools fall back to copy
@@ -586,6 +614,11 @@ class FileSystem:
         while True:
             await trio.sleep(RETRY_INTERVAL)
             for ws in list(self.workspaces.values()):
+                if not ws.read_only and checkpoints.pending_materialisation(ws):
+                    try:  # checkpoints: restored/forked files reach their natural keys
+                        await checkpoints.materialise(ws)
+                    except AgentFSError as e:
+                        log.warning("materialising %s: %s", ws.name, e)
                 if ws.pending_retries:
                     try:
                         await ws.sync(Caller.current(self.agent))

@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, intents
+from agentfs import agentstate, checkpoints, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -330,9 +330,9 @@ class Workspace:
 
     def _apply(self, commit: Commit, *, notify: bool) -> Changes:
         ch = Changes()
+        self.ns.seq = commit.seq  # before apply: it stamps versions and checkpoints with it
         for r in commit.records:
             ch.merge(self.ns.apply(r.op, r.time))
-        self.ns.seq = commit.seq
         self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
         if notify and self.on_change is not None:
             self.on_change(ch)
@@ -557,6 +557,12 @@ class Workspace:
             if e.etag is None or e.size == 0:
                 self._make_local(of, b"")
                 return
+            if e.data_key:  # checkpoints: bytes not yet at the natural key
+                local = await checkpoints.fetch_version(self, self._path(of.node), e)
+                if of.fd < 0:
+                    self._make_local(of, None, local)
+                    of.size = e.size
+                return
             key = self.key(self._path(of.node))
             bf = self.cache.blockfile(key, e.etag, e.size)
             if await self._pinned(of.node, key, self.cache.fill(bf, self._fetcher(key, e.etag))) is not _RETRY:
@@ -655,6 +661,8 @@ class Workspace:
             path = self.ns.path_of(node)
             if path is None:
                 raise Stale("file was removed by another mount")
+            if e.data_key:  # checkpoints: restored/forked bytes not yet at the natural key
+                return await checkpoints.read_version(self, path, e, off, size)
             key = self.key(path)
             bf = self.cache.blockfile(key, e.etag, e.size)
             data = await self._pinned(node, key, self.cache.read(bf, off, size, self._fetcher(key, e.etag)),
@@ -764,6 +772,15 @@ class Workspace:
                 except Fenced as e:
                     await self._keep_conflict(of, path, caller, action="fenced", token=e.token)
                     raise
+
+            # checkpoints: keep the version a checkpoint references before replacing it
+            # (no request without live checkpoints); an unmaterialised entry's natural
+            # key holds garbage, so its first upload is unconditional.
+            if not node.pending and node.entry.etag == of.base_etag:
+                if node.entry.data_key:
+                    cond = {}
+                else:
+                    await checkpoints.preserve(self, path, node.entry)
             try:
                 info, sha = await self._put_local(of, key, size, cond)
             except PreconditionFailed:
@@ -774,7 +791,7 @@ class Workspace:
             # not fail its condition against it and turn into a false conflict.
             of.base_etag = info.etag
             entry = node.entry.model_copy(update={
-                "size": size, "etag": info.etag, "sha256": sha,
+                "size": size, "etag": info.etag, "sha256": sha, "data_key": None,
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
             })
             action = "create" if node.pending else "write"
@@ -959,6 +976,7 @@ class Workspace:
                 self.ns.detach(node)
                 return
             path = self._path(node)
+            await checkpoints.preserve(self, path, node.entry)  # checkpoints: copy-on-write
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
             if node.entry.kind == "f" and node.entry.etag is not None:
@@ -1028,6 +1046,10 @@ class Workspace:
                 # The replaced file stays readable through its open fds.
                 await self._ensure_local(self.open_files[dst.ino])
                 self.open_files[dst.ino].unlinked = True
+            # checkpoints: copy-on-write of what leaves its natural key
+            await checkpoints.preserve_tree(self, src_path, src)
+            if dst is not None:
+                await checkpoints.preserve(self, dst_path, dst.entry)
             # 1. copy every committed file to its new natural key
             moves: list[tuple[str, Node]] = [("", src), *self.ns.walk(src)]
             files = [(rel, n) for rel, n in moves
@@ -1035,7 +1057,7 @@ class Workspace:
             etags: dict[str, str] = {}
 
             async def copy_one(rel: str, n: Node) -> None:
-                old_key = self.key(join(src_path, rel) if rel else src_path)
+                old_key = n.entry.data_key or self.key(join(src_path, rel) if rel else src_path)
                 new_key = self.key(join(dst_path, rel) if rel else dst_path)
                 try:
                     info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag)
@@ -1134,6 +1156,8 @@ class Workspace:
             node = self.ns.resolve(path)
             if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
                 continue
+            if node is not None and node.entry.data_key:
+                continue  # checkpoints: awaiting materialisation; the key holds garbage
             if node is not None and (node.pending or node.ino in self.open_files):
                 continue
             if o.key in in_progress:
@@ -1156,7 +1180,8 @@ class Workspace:
                                        size=o.size, etag=o.etag))
         seen_missing: set[str] = set()
         for path, node in list(self.ns.walk()):
-            if node.entry.kind == "f" and node.entry.etag is not None and not node.pending and path not in objects:
+            if node.entry.kind == "f" and node.entry.etag is not None and not node.pending and path not in objects \
+                    and not node.entry.data_key:
                 if node.ino in self.open_files:
                     continue
                 if path in self._missing_seen:

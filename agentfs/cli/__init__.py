@@ -357,6 +357,13 @@ from agentfs.cli.locks import register as _register_locks  # noqa: E402
 _register_locks(app)
 
 
+# checkpoints (agentfs/cli/checkpoint.py)
+from agentfs.cli import checkpoint as _checkpoint  # noqa: E402
+
+app.add_typer(_checkpoint.app, name="checkpoint")
+app.command("gc")(_checkpoint.gc_command)
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and an exit code."""
     logging.basicConfig(level=os.environ.get("AGENTFS_LOG", "WARNING").upper(),

@@ -29,7 +29,7 @@ from rich.table import Table
 from agentfs import agentstate
 from agentfs.errors import InvalidArgument, NotFound
 from agentfs.journal import Journal
-from agentfs.models import Commit, Lifecycle, MoveOp, StateRow
+from agentfs.models import CheckpointOp, Commit, Lifecycle, MoveOp, StateRow
 
 __all__ = ["log_cmd", "parse_since", "prune_cmd", "register", "state_app"]
 
@@ -130,6 +130,10 @@ def log_rows(commits: list[Commit | agentstate.Damaged], *, path: str = "", agen
                 if path and not (_under(r.op.src, path) or _under(r.op.dst, path)):
                     continue
                 p, extra = f"{r.op.src} -> {r.op.dst}", {"src": r.op.src, "dst": r.op.dst}
+            elif isinstance(r.op, CheckpointOp):
+                if path:
+                    continue
+                p, extra = f"@{r.op.name}", {"checkpoint": r.op.name}
             else:
                 if path and not _under(r.op.path, path):
                     continue
