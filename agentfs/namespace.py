@@ -43,7 +43,8 @@ def join(parent: str, name: str) -> str:
 class Node:
     """One inode: an entry at a place in the tree (or detached)."""
 
-    __slots__ = ("children", "entry", "ino", "lookups", "name", "ns", "opens", "parent", "pending")
+    __slots__ = ("children", "entry", "ino", "lookups", "name", "ns", "opens", "parent", "pending",
+                 "told_size")
 
     def __init__(self, ns: Namespace, ino: int, name: str, parent: Node | None, entry: Entry):
         self.ns = ns
@@ -55,6 +56,7 @@ class Node:
         self.pending = False  # created locally, not yet committed
         self.lookups = 0  # kernel references (FUSE lookup count)
         self.opens = 0  # open handles in this mount
+        self.told_size = -1  # the size last reported to the kernel (-1: none)
 
     @property
     def is_dir(self) -> bool:

@@ -436,6 +436,7 @@ class Workspace:
             nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
         elif not node.attached:
             nlink = 0
+        node.told_size = size
         return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, mtime, max(e.ctime_ns, mtime),
                     e.atime_ns if e.atime_ns is not None else mtime)
 
@@ -668,6 +669,13 @@ class Workspace:
             data = await self._pinned(node, key, self.cache.read(bf, off, size, self._fetcher(key, e.etag)),
                                       follow_changes=follow_changes)
             if data is not _RETRY:
+                if (not follow_changes and len(data) < size
+                        and off + len(data) < min(node.told_size, off + size)):
+                    # The file shrank (another mount, an adopted external write)
+                    # after the kernel learnt its size: a short read would be
+                    # padded with zeros up to the page end.  The invalidation is
+                    # on its way; this reader must reopen.
+                    raise Stale("the file changed size in the store; reopen it", path=key)
                 return data
         raise Stale("the file changed in the store; reopen it", path=self.ns.path_of(node))
 

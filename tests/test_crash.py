@@ -90,8 +90,21 @@ def snapshot(root: Path) -> tuple[dict[str, bytes], set[str]]:
             dirs.add(d if rel == "." else f"{rel}/{d}")
         for f in filenames:
             p = f if rel == "." else f"{rel}/{f}"
-            files[p] = (root / p).read_bytes()
+            files[p] = _read_reopening(root / p)
     return files, dirs
+
+
+def _read_reopening(path: Path) -> bytes:
+    """Read a file; ESTALE (it changed size while the kernel cached the old
+    one, e.g. a dead mount's last request landing late) means reopen it."""
+    for _ in range(10):
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            if e.errno != errno.ESTALE:
+                raise
+            time.sleep(0.3)
+    return path.read_bytes()
 
 
 # ---------------------------------------------------------------- durability
