@@ -158,7 +158,7 @@ def where() -> None:
 def ls_cmd(
     target: str,
     long: Annotated[bool, typer.Option("-l", help="Long listing")] = False,
-    recursive: Annotated[bool, typer.Option("-R", "--recursive")] = False,
+    recursive: Annotated[bool, typer.Option("-R", "--recursive", help="List subdirectories too")] = False,
     as_json: JsonOpt = False,
     endpoint_url: EndpointOpt = None,
     store: StoreOpt = None,
@@ -273,7 +273,7 @@ def rm(
 @app.command()
 def mkdir(
     target: str,
-    parents: Annotated[bool, typer.Option("-p", "--parents")] = False,
+    parents: Annotated[bool, typer.Option("-p", "--parents", help="Create missing parents; no error if it exists")] = False,
     endpoint_url: EndpointOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -316,7 +316,7 @@ def workspaces(store_url: Annotated[str, typer.Argument()] = "", as_json: JsonOp
 @app.command()
 def check(
     store_url: Annotated[str, typer.Argument(help="Store URL (default: the embedded store)")] = "",
-    workspace: Annotated[list[str] | None, typer.Option("--workspace", "-w")] = None,
+    workspace: Annotated[list[str] | None, typer.Option("--workspace", "-w", help="Check only this workspace (repeatable)")] = None,
     repair: Annotated[bool, typer.Option("--repair", help="Remove leftovers, adopt external writes")] = False,
     as_json: JsonOpt = False,
     endpoint_url: EndpointOpt = None,

@@ -22,7 +22,7 @@ app = typer.Typer(no_args_is_help=True, help="Copy-on-write checkpoints of a wor
                   pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False)
 
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")]
-StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL; TARGET is then ws inside it")]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL; TARGET is then ws (or ws@NAME) inside it")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
@@ -132,7 +132,7 @@ def prune_cmd(target: str,
               keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the newest N")] = None,
               keep_within: Annotated[str | None, typer.Option("--keep-within",
                                                               help="Keep those younger than this (30m, 12h, 7d)")] = None,
-              dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted")] = False,
               as_json: JsonOpt = False, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
     """Delete checkpoints outside the retention (kept if any rule keeps it)."""
     from agentfs.checkpoints import parse_duration
@@ -149,7 +149,7 @@ def prune_cmd(target: str,
 
 def gc_command(
     store_url: Annotated[str, typer.Argument(help="Store URL (default: the embedded store)")] = "",
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be deleted")] = False,
     grace: Annotated[float, typer.Option(help="Keep blobs younger than this many seconds")] = 300.0,
     as_json: JsonOpt = False,
     endpoint_url: EndpointOpt = None,

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                                                         help="Exit code when the lock is not obtained")] = 1,
         command: Annotated[str | None, typer.Option("-c", "--command", help="Run this via sh -c")] = None,
         break_: Annotated[bool, typer.Option("--break", help="Clear a stale lease on FILE (audited)")] = False,
-        endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint")] = None,
+        endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")] = None,
         store: Annotated[str | None, typer.Option("--store", help="Store URL (with --break)")] = None,
     ) -> None:
         """Run COMMAND holding a lock on FILE, on this mount and across mounts (flock(1) options)."""
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Argument(help="STORE_URL/WORKSPACE")],
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
         all_: Annotated[bool, typer.Option("--all", help="Also list free leases (their last token)")] = False,
-        endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint")] = None,
+        endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")] = None,
         store: Annotated[str | None, typer.Option("--store", help="Store URL; TARGET is then a workspace")] = None,
     ) -> None:
         """List the leases of a workspace (who holds what, until when); needs no mount."""
