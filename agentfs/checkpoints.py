@@ -398,12 +398,7 @@ async def read_version(ws: Workspace, path: str, entry: Entry, off: int, size: i
         return b""
     for key, etag in _candidates(ws, path, entry):
         bf = ws.cache.blockfile(key, etag or "blob", entry.size)
-
-        async def fetch(start: int, end: int, key: str = key, etag: str | None = etag) -> bytes:
-            data = await ws._io(ws.store.get, key, start, end, if_match=etag)
-            if len(data) != end - start:
-                raise PreconditionFailed("object is shorter than the version's size", path=key)
-            return data
+        fetch = ws._fetcher(key, etag)
         try:
             return await ws.cache.read(bf, off, size, fetch)
         except (NotFound, PreconditionFailed, BaseExceptionGroup) as e:
@@ -416,12 +411,7 @@ async def fetch_version(ws: Workspace, path: str, entry: Entry) -> Any:
     """A complete local copy (a cache path) of one version, for modification."""
     for key, etag in _candidates(ws, path, entry):
         bf = ws.cache.blockfile(key, etag or "blob", entry.size)
-
-        async def fetch(start: int, end: int, key: str = key, etag: str | None = etag) -> bytes:
-            data = await ws._io(ws.store.get, key, start, end, if_match=etag)
-            if len(data) != end - start:
-                raise PreconditionFailed("object is shorter than the version's size", path=key)
-            return data
+        fetch = ws._fetcher(key, etag)
         try:
             await ws.cache.fill(bf, fetch)
             return ws.cache.take(bf)

@@ -230,41 +230,34 @@ class RetryingStore(ObjectStore):
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False,
             if_match: str | None = None) -> ObjectInfo:
-        retried = False
-
-        def attempt() -> ObjectInfo:
-            nonlocal retried
-            try:
-                return self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
-            except StoreUnavailable:
-                retried = True
-                raise
-
-        try:
-            return self._run("put", key, attempt)[0]
-        except PreconditionFailed as e:
-            if not retried:
-                raise
-            return self._settle(key, lambda: self.inner.get(key) == bytes(data), e)
+        return self._put("put", key, lambda: self.inner.put(key, data, if_absent=if_absent, if_match=if_match),
+                         lambda: self.inner.get(key) == bytes(data))
 
     def put_file(self, key: str, path: str, *, if_absent: bool = False,
                  if_match: str | None = None) -> ObjectInfo:
+        return self._put("put", key,
+                         lambda: self.inner.put_file(key, path, if_absent=if_absent, if_match=if_match),
+                         lambda: self._same_as_file(key, path))
+
+    def _put(self, op: str, key: str, call: Callable[[], ObjectInfo], ours: Callable[[], bool]) -> ObjectInfo:
+        """A conditional write, retried; a condition failing after a retried
+        attempt may be our own earlier attempt that succeeded (see _settle)."""
         retried = False
 
         def attempt() -> ObjectInfo:
             nonlocal retried
             try:
-                return self.inner.put_file(key, path, if_absent=if_absent, if_match=if_match)
+                return call()
             except StoreUnavailable:
                 retried = True
                 raise
 
         try:
-            return self._run("put", key, attempt)[0]
+            return self._run(op, key, attempt)[0]
         except PreconditionFailed as e:
             if not retried:
                 raise
-            return self._settle(key, lambda: self._same_as_file(key, path), e)
+            return self._settle(key, ours, e)
 
     def _same_as_file(self, key: str, path: str) -> bool:
         size = os.stat(path).st_size
