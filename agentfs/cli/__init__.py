@@ -287,16 +287,14 @@ def mkdir(
     store: StoreOpt = None,
 ) -> None:
     """Create a directory (or a workspace, when TARGET names only a workspace)."""
-    if not parents:  # an existing workspace is EEXIST like an existing directory
-        try:
-            existing, path = _client(target, endpoint_url, store)
-        except NotFound:
-            pass
-        else:
-            existing.close()
-            if not path.strip("/"):
-                raise AlreadyExists(path=target)
-    client, path = _client(target, endpoint_url, store, create=True)
+    try:
+        client, path = _client(target, endpoint_url, store)
+    except NotFound:  # no such workspace yet: create it
+        client, path = _client(target, endpoint_url, store, create=True)
+    else:
+        if not path.strip("/") and not parents:  # an existing workspace is EEXIST like a directory
+            client.close()
+            raise AlreadyExists(path=target)
     with client:
         if path:
             client.mkdir(path, parents=parents)
