@@ -19,8 +19,12 @@ Agents record where their work stands on the files themselves::
     user.agentfs.lifecycle   on the workspace root only: the lifecycle as JSON
                              (see :class:`agentfs.models.Lifecycle`)
     user.agentfs.conflict    set by agentfs on conflict copies (free-form)
-    user.agentfs.lock        reserved for locks (free-form until a handler is
-                             registered with :func:`register`)
+    user.agentfs.lock        a lease, not a stored attribute: a write through
+                             the Workspace (Python API) is refused with EINVAL
+                             pointing to ``agentfs.lock()`` /
+                             ``WorkspaceClient.lock()`` (on a mount vfs.py
+                             intercepts the name before the Workspace);
+                             removing a stale stored value is allowed
 
 Any other ``user.agentfs.<name>`` is refused.  Plain ``user.*`` names stay
 free-form.
@@ -281,6 +285,8 @@ class AttrSpec:
     :class:`InvalidState`); None stores the bytes as given (free-form).
     ``stamped`` attributes are agent state: a change also sets
     ``updated_by``/``updated_at`` and is journaled as ``state`` with old -> new.
+    ``refused``: when set, every write is refused (InvalidState) with this
+    message; removal stays a pass-through.
     """
 
     name: str
@@ -288,6 +294,7 @@ class AttrSpec:
     max_size: int = 256
     stamped: bool = True
     read_only: bool = False
+    refused: str = ""
 
 
 #: The registry of known names (without the prefix).  Another feature plugs a
@@ -314,8 +321,11 @@ for _spec in (
     AttrSpec("lifecycle", _lifecycle, max_size=16384),
     # Set by agentfs on conflict copies; users may clear or rewrite it.
     AttrSpec("conflict", None, max_size=64 * 1024, stamped=False),
-    # Reserved for locks (issue 4): pass-through until a handler is registered.
-    AttrSpec("lock", None, max_size=64 * 1024, stamped=False),
+    # Locks (issue 4): a lease, taken on a mount (vfs.py intercepts the name) or
+    # with WorkspaceClient.lock(); never stored as an ordinary xattr.
+    AttrSpec("lock", None, max_size=64 * 1024, stamped=False,
+             refused="user.agentfs.lock is a lease, not a stored attribute: use agentfs.lock() "
+                     "on a mounted file or WorkspaceClient.lock()"),
 ):
     register(_spec)
 
@@ -379,6 +389,8 @@ def prepare_set(node: Node, root: Entry, name: str, value: bytes, caller: Caller
         return None
     if spec.read_only:
         raise ReadOnlyAttribute(f"{name} is maintained by agentfs", path=path)
+    if spec.refused:
+        raise InvalidState(spec.refused, path=path)
     if spec.validate is None:
         return None
     if len(value) > spec.max_size:

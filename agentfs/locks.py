@@ -642,7 +642,10 @@ class FileLock:
 
     def _pause(self, deadline: float | None, delay: float) -> float:
         if deadline is not None and time.monotonic() >= deadline:
-            raise WouldBlock(f"could not get a {self.mode} lock in time", path=self.path)
+            # CLI review fixes: "an exclusive"; with wait=0 (-n) the lock is simply held.
+            article = "an" if self.mode == "exclusive" else "a"
+            why = "lock is held" if self.wait == 0 else f"not free within {self.wait:g}s"
+            raise WouldBlock(f"could not get {article} {self.mode} lock: {why}", path=self.path)
         sleep = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
         time.sleep(sleep)
         return min(delay * 1.5, 0.5)

@@ -177,10 +177,8 @@ def test_maintained_attributes_are_eperm(w: WorkspaceClient) -> None:
 
 def test_plain_and_pass_through_names_stay_free_form(w: WorkspaceClient) -> None:
     w.setxattr("report.md", "user.anything", b"\x00\xffbinary")
-    w.setxattr("report.md", P + "lock", b"free-form until locks register a handler")
     w.setxattr("report.md", P + "conflict", b"{not json")
     assert w.getxattr("report.md", "user.anything") == b"\x00\xffbinary"
-    assert w.getxattr("report.md", P + "lock") == b"free-form until locks register a handler"
     names = w.listxattr("report.md")
     assert P + "updated_by" not in names  # pass-through names are not agent state
     w.removexattr("report.md", P + "conflict")

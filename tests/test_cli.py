@@ -208,7 +208,7 @@ def test_default_store(home: dict[str, str]) -> None:
     ok(cli("put", "-", "ws/notes.txt", input=b"note\n", env=home))
     assert (store / "ws" / "notes.txt").read_bytes() == b"note\n"  # the natural key
     ok(cli("mkdir", "-p", "ws/a/b", env=home))
-    ok(cli("mv", "ws/notes.txt", "a/b/notes.txt", env=home))
+    ok(cli("mv", "ws/notes.txt", "ws/a/b/notes.txt", env=home))  # DST is written like SRC
     cat, ls, wss, log = cli_many(("cat", "ws/a/b/notes.txt"), ("ls", "ws"),
                                  ("workspaces", "--json"), ("log", "ws", "--json"), env=home)
     assert ok(cat).stdout == b"note\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -357,27 +356,22 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def test_cli_lock_on_a_local_file_is_flock_with_its_exit_codes(tmp_path: Path) -> None:
+def test_cli_lock_on_a_local_file_is_refused(tmp_path: Path) -> None:
+    """Off an agentfs mount ``agentfs lock`` refuses (exit 64, pointing to
+    flock(1)) before opening FILE: nothing is created, no xattr is written, the
+    command does not run.  The flock(1) exit codes on a mount are in
+    tests/test_cli_fixes.py::test_cli_lock_exit_codes_on_a_mount."""
     f = tmp_path / "lockfile"
-    fd = os.open(f, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        assert cli("lock", "-n", str(f), "--", "true").returncode == 1
-        assert cli("lock", "-n", "-E", "9", str(f), "--", "true").returncode == 9
-        assert cli("lock", "-w", "0.3", str(f), "--", "true").returncode == 1
-        assert cli("lock", "-s", "-n", str(f), "--", "true").returncode == 1
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        assert cli("lock", "-s", "-n", str(f), "--", "true").returncode == 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-    assert cli("lock", str(f), "--", "sh", "-c", "exit 4").returncode == 4
-    assert cli("lock", str(f), "-c", "exit 6").returncode == 6
-    assert cli("lock", str(f), "--", "sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
-    assert cli("lock", str(tmp_path / "no" / "such"), "--", "true").returncode == 66
-    assert cli("lock", str(f), "--", "/nonexistent/command").returncode == 69
+    f.write_bytes(b"")
+    marker = tmp_path / "ran"
+    for target in (f, tmp_path / "new"):
+        r = cli("lock", str(target), "--", "touch", str(marker))
+        assert r.returncode == 64, r.stderr
+        err = r.stderr.decode().strip()
+        assert err.startswith("agentfs: not on an agentfs mount") and "flock(1)" in err, err
+        assert len(err.splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "new").exists()
+    assert "user.agentfs.lock" not in os.listxattr(f)
     assert cli("lock", "-E", "300", str(f), "--", "true").returncode == 64
     assert cli("lock", str(f)).returncode == 64
     assert cli("lock", "-s", "-x", str(f), "--", "true").returncode == 64

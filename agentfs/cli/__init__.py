@@ -2,12 +2,13 @@
 
 Every command has ``--help``; every listing has ``--json``.  Errors print one
 line (``agentfs: <message>``) and exit with the error's documented code:
-1 generic, 2 not found, 64 bad usage/argument, 69 store unavailable,
-70 unexpected internal error; ``check`` exits 1 when it finds inconsistencies.
+1 generic, 2 not found (also a missing local file), 64 bad usage/argument,
+69 store unavailable, 70 unexpected internal error; ``check`` exits 1 when it finds inconsistencies.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from agentfs.cli import state as _state_cli
 from agentfs.config import MountConfig, default_store_path, default_store_url
-from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory
+from agentfs.errors import AgentFSError, AlreadyExists, InvalidArgument, IsADirectory, NotFound
 
 __all__ = ["app", "main"]
 
@@ -185,7 +186,10 @@ def ls_cmd(
         return
     if not long:
         for e in entries:
-            name = e.path[len(path):].lstrip("/") if path and e.path.startswith(path) else e.path
+            if st.kind != "dir":  # a file target prints its own path, like ls(1) given a file
+                name = e.path
+            else:
+                name = e.path[len(path):].lstrip("/") if path and e.path.startswith(path) else e.path
             typer.echo(name + ("/" if e.kind == "dir" else ""))
         return
     table = Table(box=None, show_header=True)
@@ -203,6 +207,9 @@ def ls_cmd(
 def cat(target: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
     """Write a file's bytes to stdout."""
     client, path = _client(target, endpoint_url, store)
+    if not path.strip("/"):  # the workspace root, as for any directory (after _client: NotFound first)
+        client.close()
+        raise IsADirectory(path=target)
     with client, client.open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             sys.stdout.buffer.write(chunk)
@@ -226,6 +233,8 @@ def _transfer(total: int, label: str, run) -> None:
 @app.command()
 def put(local: str, target: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
     """Upload a local file (use - for stdin); durable in the store on return."""
+    if local != "-" and not os.path.exists(local):  # before _client: no workspace is created
+        raise NotFound(path=local)
     client, path = _client(target, endpoint_url, store, create=True)
     with client:
         if not path or (client.exists(path) and client.stat(path).kind == "dir"):
@@ -278,7 +287,14 @@ def mkdir(
     store: StoreOpt = None,
 ) -> None:
     """Create a directory (or a workspace, when TARGET names only a workspace)."""
-    client, path = _client(target, endpoint_url, store, create=True)
+    try:
+        client, path = _client(target, endpoint_url, store)
+    except NotFound:  # no such workspace yet: create it
+        client, path = _client(target, endpoint_url, store, create=True)
+    else:
+        if not path.strip("/") and not parents:  # an existing workspace is EEXIST like a directory
+            client.close()
+            raise AlreadyExists(path=target)
     with client:
         if path:
             client.mkdir(path, parents=parents)
@@ -286,16 +302,27 @@ def mkdir(
 
 @app.command()
 def mv(src: str, dst: str, endpoint_url: EndpointOpt = None, store: StoreOpt = None) -> None:
-    """Rename within one workspace: agentfs mv STORE/ws/a STORE/ws/b (or ws/a b)."""
+    """Rename within one workspace: DST is written like SRC (STORE/ws/a STORE/ws/b, or ws/a ws/b).
+
+    After a full SRC (a URL or an absolute path) a relative DST is a path
+    inside SRC's workspace (agentfs mv s3://bkt/ws/a old/a).
+    """
+    from agentfs.cli.target import parse_target
+
+    def full(arg: str) -> bool:
+        return "://" in arg or arg.startswith("/")
+
     client, path = _client(src, endpoint_url, store)
     with client:
-        from agentfs.cli.target import parse_target
-
-        if "://" in dst or dst.startswith("/"):
+        if store or full(dst) or not full(src):
             t = parse_target(dst, endpoint_url=endpoint_url, store_url=store)
-            if t.workspace != client.name:
-                raise InvalidArgument("mv works within one workspace", path=dst)
+            if t.workspace != client.name or t.store.url != client.store.url:
+                raise InvalidArgument(f"mv works within one workspace: DST must be {client.name}/PATH "
+                                      "(written like SRC)", path=dst)
             dst = t.path
+        dst = dst.strip("/")
+        if not dst:
+            raise InvalidArgument("DST names no path inside the workspace")
         client.rename(path, dst)
 
 
@@ -379,7 +406,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except OSError as e:
         typer.echo(f"agentfs: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), err=True)
-        sys.exit(1)
+        sys.exit(2 if e.errno == errno.ENOENT else 1)  # a missing local file is "not found" too
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:

@@ -69,6 +69,9 @@ def list_cmd(target: str, as_json: JsonOpt = False, endpoint_url: EndpointOpt = 
     if as_json:
         typer.echo(json.dumps([cp.model_dump() for cp in cps]))
         return
+    if not cps:
+        typer.echo("no checkpoints")  # on stdout, like `agentfs locks` / `agentfs state ls`
+        return
     for cp in cps:
         typer.echo(f"{cp.name}\tseq {cp.seq}\t{_when(cp.created)}\t{cp.files} files\t{cp.by}\t{cp.note}")
 

@@ -7,7 +7,8 @@ renews it while this process lives), runs COMMAND, and releases both.
 
 Exit codes follow util-linux flock(1): the command's own exit code (128+N
 when it died of signal N); 1, or the ``-E`` code, when the lock was not
-obtained (``-n`` or ``-w`` timeout); 64 bad usage; 66 FILE cannot be opened;
+obtained (``-n`` or ``-w`` timeout); 64 bad usage, or FILE not on an agentfs
+mount (use flock(1) there); 66 FILE cannot be opened;
 69 the command cannot be executed; ``--break`` exits 0 (2 when there is no
 such workspace).
 """
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         store: Annotated[str | None, typer.Option("--store", help="Store URL (with --break)")] = None,
     ) -> None:
         """Run COMMAND holding a lock on FILE, on this mount and across mounts (flock(1) options)."""
-        from agentfs.locks import FileLock
+        from agentfs.locks import FileLock, on_agentfs
 
         args = list(args or [])
         if args[1:2] == ["--"]:
@@ -105,6 +106,8 @@ def register(app: typer.Typer) -> None:
             cmd = [os.environ.get("SHELL") or "/bin/sh", "-c", command]
         if not cmd:
             raise InvalidArgument("expected a COMMAND after FILE")
+        if not on_agentfs(target):  # checked before the file is opened (or created)
+            raise InvalidArgument("not on an agentfs mount (for a local file use flock(1))", path=target)
         fl = FileLock(target, shared=shared, wait=0.0 if nonblock else wait)
         try:
             fl.acquire()
