@@ -44,7 +44,7 @@ from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
-from agentfs.workspace import OpenFile, Workspace
+from agentfs.workspace import OpenFile, Workspace, check_workspace_name
 
 __all__ = ["FileStat", "WorkspaceClient", "checkpoint", "open_workspace"]
 
@@ -429,6 +429,8 @@ class WorkspaceClient:
         returns the number of entries.  Nothing is copied up front; with
         ``materialize`` the files are then copied to their natural keys here (else
         a mount of the new workspace does it in the background)."""
+        check_workspace_name(new_workspace)  # issue 7: before any key is built from it
+
         async def go() -> int:
             if await self._w._io(Journal(self.store, new_workspace).exists):
                 raise AlreadyExists("workspace exists", path=new_workspace)
