@@ -39,7 +39,6 @@ from agentfs.errors import (
     WouldBlock,
 )
 from agentfs.identity import Caller
-from agentfs.journal import Journal
 from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
@@ -432,7 +431,9 @@ class WorkspaceClient:
         check_workspace_name(new_workspace)  # issue 7: before any key is built from it
 
         async def go() -> int:
-            if await self._w._io(Journal(self.store, new_workspace).exists):
+            # issue 7: a fork killed before its commit leaves the new workspace
+            # empty; a retry may take it (checkpoints.fork refuses a non-empty one).
+            if new_workspace == self._w.name:
                 raise AlreadyExists("workspace exists", path=new_workspace)
             new = await Workspace.load_new(self.store, new_workspace, create=True, table=InodeTable(),
                                            cache=Cache(self._tmp / f"fork-{new_workspace}"),

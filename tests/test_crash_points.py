@@ -377,6 +377,12 @@ def _two_states(url: str) -> tuple[dict[str, str], dict[str, str]]:
     return {p: _sha(b) for p, b in old.items()}, {p: _sha(b) for p, b in new.items()}
 
 
+def _kill_delay(rng: random.Random, start: float, full: float) -> float:
+    """A moment in the work of a command that takes ``full`` s, ``start`` of them to start up."""
+    begin = 0.8 * min(start, full)
+    return begin + rng.uniform(0.0, 1.1) * max(full - begin, 0.05)
+
+
 def test_kill_points_during_checkpoint_restore(store_url: str) -> None:
     """SIGKILL ``agentfs checkpoint restore`` at seeded moments: the workspace is
     the state before or the state restored, never a mix; reads are right before
@@ -387,13 +393,14 @@ def test_kill_points_during_checkpoint_restore(store_url: str) -> None:
     # calibrate: one whole restore and back
     full = _timed_cli(["checkpoint", "restore", f"{url}/ws", "old"])
     _timed_cli(["checkpoint", "restore", f"{url}/ws", "new"])
+    start = _timed_cli(["checkpoint", "list", f"{url}/ws"])  # interpreter start and store open
     assert _tree(url, "ws") == trees["new"]
     killed = 0
     outcomes: dict[str, int] = {}
     for seed in _seeds(5000, RESTORE_ROUNDS):
         rng = random.Random(seed)
         target = "old" if at == "new" else "new"
-        delay = rng.uniform(0.15, 1.1) * full
+        delay = _kill_delay(rng, start, full)
         killed += _cli_killed_at(["checkpoint", "restore", f"{url}/ws", target], delay)
         ctx = f"restore kill point seed={seed} (delay {delay:.2f}s of {full:.2f}s; CRASH_SEED={seed})"
         got = _tree(url, "ws")
@@ -416,12 +423,13 @@ def test_kill_points_during_fork_materialisation(store_url: str) -> None:
     url = store_url
     old, new = _two_states(url)
     full = _timed_cli(["checkpoint", "fork", f"{url}/ws@old", "calib"])
+    start = _timed_cli(["checkpoint", "list", f"{url}/ws"])
     assert _tree(url, "calib") == old
     killed = 0
     outcomes: dict[str, int] = {}
     for n, seed in enumerate(_seeds(6000, FORK_ROUNDS)):
         rng = random.Random(seed)
-        delay = rng.uniform(0.15, 1.1) * full
+        delay = _kill_delay(rng, start, full)
         name = f"f{n}"
         killed += _cli_killed_at(["checkpoint", "fork", f"{url}/ws@old", name], delay)
         ctx = f"fork kill point seed={seed} (delay {delay:.2f}s of {full:.2f}s; CRASH_SEED={seed})"
@@ -438,3 +446,30 @@ def test_kill_points_during_fork_materialisation(store_url: str) -> None:
         check_clean_or_repaired(url, ctx)
         SURVIVED["fork"] = SURVIVED.get("fork", 0) + 1
     print(f"fork kill points: {FORK_ROUNDS}, {killed} killed mid-run, full fork {full:.2f}s, {outcomes}")
+
+
+def test_fork_retry_takes_an_empty_leftover_workspace(local_url: str) -> None:
+    """Regression: a fork killed between creating the new workspace and its commit
+    left it empty, and every retry failed with "workspace exists".  A retry now
+    takes an empty workspace; a workspace with content is still refused."""
+    import agentfs
+    from agentfs.errors import AlreadyExists
+
+    c = agentfs.open_workspace(local_url, "ws")
+    try:
+        c.write_bytes("f", b"1")
+        c.checkpoint("cp")
+        agentfs.open_workspace(local_url, "leftover").close()  # what the killed fork left
+        full = agentfs.open_workspace(local_url, "full")
+        full.write_bytes("g", b"2")
+        full.close()
+        assert c.fork("cp", "leftover") == 1
+        with pytest.raises(AlreadyExists):
+            c.fork("cp", "full")
+        with pytest.raises(AlreadyExists):
+            c.fork("cp", "ws")
+    finally:
+        c.close()
+    assert _tree(local_url, "leftover") == {"f": _sha(b"1")}
+    assert _tree(local_url, "full") == {"g": _sha(b"2")}
+    check_clean_or_repaired(local_url, "fork retry")
