@@ -142,7 +142,7 @@ class ExtModel(Model):
 
     def oob_put(self, p: str, data: bytes) -> None:
         self._ancestors(p)
-        self.files[p] = data
+        self.files[p] = data  # an overwrite keeps the file's xattrs
 
     def peer_read(self, p: str) -> bytes:
         return self._file(p)
@@ -321,6 +321,13 @@ class ExtGen(Gen):
         # A name never used before: an object landing within 1 s of a delete at the same
         # path is taken for a crash leftover and removed (see the note of issue 7 round 2).
         self.n_oob = getattr(self, "n_oob", 0) + 1
+        # Another tool overwrites a tracked file.  Not one whose bytes a checkpoint may
+        # still need at its natural key: agentfs preserves old bytes only for writes that
+        # go through it (such a view then reads ESTALE and check reports the loss).
+        frozen = {b for cp in self.m.cps.values() for b in cp["files"].values()}
+        free = [q for q, b in self.m.files.items() if b not in frozen]
+        if free and self.rng.random() < 0.3:
+            return Op("oob_put", (self.pick(free), self.data() or b"oob"))
         d = self.pick(q for q in self.m.dirs if q.count("/") < 3)
         return Op("oob_put", (f"{d}/oob{self.n_oob}" if d else f"oob{self.n_oob}", self.data() or b"oob"))
 
