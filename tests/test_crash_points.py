@@ -411,8 +411,10 @@ def test_kill_points_during_checkpoint_restore(store_url: str) -> None:
         kind = "restored" if got == trees[target] else "not started"
         outcomes[kind] = outcomes.get(kind, 0) + 1
         at = target if got == trees[target] else at
-        SURVIVED["checkpoint restore"] = SURVIVED.get("checkpoint restore", 0) + 1
-    print(f"restore kill points: {RESTORE_ROUNDS}, {killed} killed mid-run, full restore {full:.2f}s, {outcomes}")
+        SURVIVED["checkpoint-restore"] = SURVIVED.get("checkpoint-restore", 0) + 1
+    n = len(_seeds(5000, RESTORE_ROUNDS))
+    print(f"\n[crash] checkpoint-restore: {n} of {n} kill points survived ({killed} killed mid-run, "
+          f"full restore {full:.2f}s, {outcomes})")
 
 
 def test_kill_points_during_fork_materialisation(store_url: str) -> None:
@@ -445,7 +447,9 @@ def test_kill_points_during_fork_materialisation(store_url: str) -> None:
         assert _tree(url, "ws") == new, f"{ctx}: the source changed"
         check_clean_or_repaired(url, ctx)
         SURVIVED["fork"] = SURVIVED.get("fork", 0) + 1
-    print(f"fork kill points: {FORK_ROUNDS}, {killed} killed mid-run, full fork {full:.2f}s, {outcomes}")
+    n = len(_seeds(6000, FORK_ROUNDS))
+    print(f"\n[crash] fork: {n} of {n} kill points survived ({killed} killed mid-run, "
+          f"full fork {full:.2f}s, {outcomes})")
 
 
 def test_fork_retry_takes_an_empty_leftover_workspace(local_url: str) -> None:
