@@ -39,12 +39,11 @@ from agentfs.errors import (
     WouldBlock,
 )
 from agentfs.identity import Caller
-from agentfs.journal import Journal
 from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
-from agentfs.workspace import OpenFile, Workspace
+from agentfs.workspace import OpenFile, Workspace, check_workspace_name
 
 __all__ = ["FileStat", "WorkspaceClient", "checkpoint", "open_workspace"]
 
@@ -429,8 +428,12 @@ class WorkspaceClient:
         returns the number of entries.  Nothing is copied up front; with
         ``materialize`` the files are then copied to their natural keys here (else
         a mount of the new workspace does it in the background)."""
+        check_workspace_name(new_workspace)  # issue 7: before any key is built from it
+
         async def go() -> int:
-            if await self._w._io(Journal(self.store, new_workspace).exists):
+            # issue 7: a fork killed before its commit leaves the new workspace
+            # empty; a retry may take it (checkpoints.fork refuses a non-empty one).
+            if new_workspace == self._w.name:
                 raise AlreadyExists("workspace exists", path=new_workspace)
             new = await Workspace.load_new(self.store, new_workspace, create=True, table=InodeTable(),
                                            cache=Cache(self._tmp / f"fork-{new_workspace}"),

@@ -302,7 +302,8 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
     every overwrite that starts later preserves what the checkpoint needs.
     """
     ws._writable()
-    name = name or default_name(prefix)
+    # issue 7: only None picks a default; an empty name ("$UNSET" in a script) is refused
+    name = default_name(prefix) if name is None else name
     check_checkpoint_name(name)
     async with ws.ns_lock.exclusive():
         await ws.pull()

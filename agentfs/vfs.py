@@ -237,6 +237,11 @@ class FileSystem:
                 if isinstance(owner, checkpoints._View):
                     await owner.prepare(pnode)
                 node = self._ws(pnode).lookup(pnode, name)
+                # issue 7: a checkpoint view's root must show the workspace root's
+                # attributes and xattrs as of the checkpoint, not a placeholder.
+                view = node.ns.owner
+                if isinstance(view, checkpoints.SnapshotView) and node is view.ns.root:
+                    await view.prepare(node)
         node.lookups += 1
         return self._ws(node).attr(node)
 
@@ -300,6 +305,9 @@ class FileSystem:
         ws = self._ws(pnode)
         if isinstance(ws, checkpoints.SnapshotsDir):
             node = await ws.mkdir_checkpoint(name, caller)  # mkdir .snapshots/NAME
+            view = node.ns.owner  # issue 7: the view's root as of the checkpoint (see lookup)
+            if isinstance(view, checkpoints.SnapshotView):
+                await view.prepare(node)
         else:
             node = await ws.mkdir(pnode, name, mode, caller)
         node.lookups += 1

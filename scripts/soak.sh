@@ -8,7 +8,9 @@
 #   - tests/test_faults.py: the Workspace workload under 5% injected transient
 #     faults with --ops operations (default 20000) on a memory and a local store;
 #   - tests/test_crash_points.py: --kills random kill points (default 100), plus
-#     compaction and directory-rename kill points (and multipart on S3 with --s3).
+#     compaction and directory-rename kill points (and multipart on S3 with --s3),
+#     and --kills/10 kill points each during checkpoint restore and fork;
+#   - tests/test_model_ext.py: the model-based random test with seed N+i.
 # A failure stops the soak and prints the seed to rerun with.  Logs go to
 # $SOAK_LOG_DIR (default /tmp/agentfs-soak-<seed>).
 set -euo pipefail
@@ -51,16 +53,23 @@ while (( $(date +%s) < end )); do
         exit 1
     fi
     total_ops=$(( total_ops + 2 * ops ))
-    sel="random or compaction or (rename and local)"
+    sel="random or compaction or (rename and local) or (checkpoint_restore and local)"
+    sel="$sel or (fork_materialisation and local)"
     (( s3 )) && sel="$sel or multipart"
-    if ! CRASH_SEED_BASE=$(( s * 100000 )) CRASH_POINTS_ROUNDS=$kills "$PY" -m pytest -q -s -x \
+    if ! CRASH_SEED_BASE=$(( s * 100000 )) CRASH_POINTS_ROUNDS=$kills \
+            CRASH_RESTORE_ROUNDS=$(( kills / 10 + 1 )) CRASH_FORK_ROUNDS=$(( kills / 10 + 1 )) "$PY" -m pytest -q -s -x \
             tests/test_crash_points.py -k "$sel" >"$logdir/crash-$s.log" 2>&1; then
         echo "FAILED: kill points, CRASH_SEED_BASE=$(( s * 100000 )); see $logdir/crash-$s.log" >&2
         exit 1
     fi
     n=$(grep -o '\[crash\] [a-z-]*: [0-9]* of' "$logdir/crash-$s.log" | awk '{s+=$3} END {print s+0}')
     total_kills=$(( total_kills + n ))
-    echo "  ok: $(( 2 * ops )) operations under faults, $n kill points survived"
+    if ! AGENTFS_MODEL_EXT_SEEDS=$s "$PY" -m pytest -q -s -x tests/test_model_ext.py \
+            -k "random_ops_ext and local" >"$logdir/model-$s.log" 2>&1; then
+        echo "FAILED: model test, AGENTFS_MODEL_EXT_SEEDS=$s; see $logdir/model-$s.log" >&2
+        exit 1
+    fi
+    echo "  ok: $(( 2 * ops )) operations under faults, $n kill points survived, model seed $s"
     pass=$(( pass + 1 ))
 done
 echo "soak: $pass passes, $total_ops operations under faults, $total_kills kill points survived, 0 failures"

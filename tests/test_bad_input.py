@@ -335,3 +335,160 @@ def test_damaged_state_snapshot(local: str, damage: str) -> None:
         c.close()
     assert path.read_bytes() == body
     assert check_store(open_store(local)).clean
+
+
+# -- typed state, locks, checkpoints (issue 7, round 2) ----------------------------------------
+# test_state_mount.py already covers an unknown status or transition, bad JSON and
+# wrong-typed labels, a bad ttl word, an oversized owner/note, an unknown name, a bad
+# lifecycle and writes of updated_by/updated_at; these are the payloads it does not try.
+
+P = "user.agentfs."
+
+
+def store_fingerprint(url: str) -> dict[str, str]:
+    """Every object but the mount's own bookkeeping that may change at any time
+    (STATE.md, which is rewritten in the background)."""
+    return {o.key: o.etag for o in open_store(url).list("") if not o.key.endswith("/STATE.md")}
+
+
+def test_malformed_typed_state_payloads(mounter: Callable[..., Mount], local: str) -> None:
+    m = mounter(local)
+    root = m.path / "ws"
+    root.mkdir()
+    f = root / "r.md"
+    f.write_bytes(b"x")
+    os.setxattr(f, P + "status", b"draft")
+    os.setxattr(f, P + "owner", b"agent-1")
+    os.sync()
+    before = store_fingerprint(local)
+    bad: list[tuple[Path, str, bytes]] = [
+        (f, "status", b"\xff\xfe"), (f, "status", b""), (f, "status", b"   "), (f, "status", b'"draft'),
+        (f, "status", b"123"), (f, "status", b'["review"]'),
+        (f, "owner", b""), (f, "owner", b"  \t "), (f, "owner", b"a\x01b"), (f, "owner", b"line\nbreak"),
+        (f, "owner", b"\xc3\x28"), (f, "owner", b'"unterminated'), (f, "owner", b"\"\\u0000\""),
+        (f, "owner", b"42 is fine but this is \x7f"), (f, "task", b"\x00"), (f, "task", b"t" * 129),
+        (f, "labels", b"\xff"), (f, "labels", b'{"a": 1}'), (f, "labels", b"ok, bad label"),
+        (f, "labels", b"l" * 65), (f, "labels", ",".join(f"l{i}" for i in range(65)).encode()),
+        (f, "labels", b'["a", null]'), (f, "labels", b"[" * 10000),
+        (f, "ttl", b"0"), (f, "ttl", b"-5"), (f, "ttl", b"1x"), (f, "ttl", b"600w"), (f, "ttl", b""),
+        (f, "ttl", b'{"seconds": "x"}'), (f, "ttl", b"\xff"), (f, "ttl", b"1h 30"),
+        (f, "note", b"\xff\xfe\xfd"), (f, "note", b""), (f, "note", b"n" * 4097),
+        (f, "lifecycle", b'{"statuses": ["a", "b"]}'),  # only on the workspace root
+        (root, "lifecycle", b'{"statuses": ["a"], "transitions": {"a": ["zz"]}}'),
+        (root, "lifecycle", b'{"statuses": []}'), (root, "lifecycle", b'{"statuses": ["Bad Name"]}'),
+        (root, "lifecycle", b'{"statuses": ["a"], "initial": ["b"]}'), (root, "lifecycle", b"[]"),
+        (root, "lifecycle", b"\xff"), (f, "status.extra", b"x"), (f, "", b"x"), (f, "STATUS", b"draft"),
+    ]
+    for target, short, value in bad:
+        expect_errno(errno.EINVAL, lambda t=target, s=short, v=value: os.setxattr(t, P + s, v),
+                     f"setxattr {P}{short}={value[:20]!r}")
+    # past the kernel's xattr size limit, and removals of the stamps
+    expect_errno({errno.E2BIG, errno.ERANGE, errno.ENOSPC}, lambda: os.setxattr(f, P + "note", b"n" * 70_000),
+                 "setxattr 70 000-byte note")
+    for short in ("updated_by", "updated_at"):
+        expect_errno(errno.EPERM, lambda s=short: os.removexattr(f, P + s), f"removexattr {P}{short}")
+    expect_errno(errno.ENODATA, lambda: os.removexattr(f, P + "task"), "removexattr absent task")
+    assert os.getxattr(f, P + "status") == b"draft"
+    assert os.getxattr(f, P + "owner") == b"agent-1"
+    assert store_fingerprint(local) == before  # no record, no object: nothing was committed
+    alive(root)
+    assert m.proc.poll() is None
+
+
+def test_lock_payloads_garbage_and_huge(mounter: Callable[..., Mount], local: str) -> None:
+    m = mounter(local)
+    root = m.path / "ws"
+    root.mkdir()
+    f = root / "locked.txt"
+    f.write_bytes(b"data")
+    os.sync()
+    before = store_fingerprint(local)
+    for value in (b"", b" ", b"xyz", b"exclusive now", b"shared wait wait please", b"\xff\xfe",
+                  b"exclusive\x00", b"wait", b"break now", b"EXCLUSIVE " + b"x" * 60_000,
+                  b"shared " + b"wait " * 12_000 + b"now", b'{"mode": "exclusive"}'):
+        expect_errno(errno.EINVAL, lambda v=value: os.setxattr(f, P + "lock", v),
+                     f"setxattr {P}lock={value[:20]!r}")
+    expect_errno({errno.E2BIG, errno.ERANGE, errno.ENOSPC}, lambda: os.setxattr(f, P + "lock", b"x" * 70_000),
+                 "setxattr 70 000-byte lock payload")
+    expect_errno(errno.ENODATA, lambda: os.getxattr(f, P + "lock"), "no lease was taken")
+    assert f.read_bytes() == b"data"
+    assert P + "lock" not in os.listxattr(f)
+    assert store_fingerprint(local) == before  # no lease object, no record
+    alive(root)
+    assert m.proc.poll() is None
+
+
+CHECKPOINT_NAMES_CLI = ["../x", "/abs", ".agentfs", "..", ".", ".hidden", "a/b", "x" * 256, "y" * 201,
+                        "a b", "-x", "é", "a\\b", "a\tb"]
+
+
+def test_checkpoint_names_through_the_mount(mounter: Callable[..., Mount], local: str) -> None:
+    m = mounter(local)
+    root = m.path / "ws"
+    root.mkdir()
+    (root / "f").write_bytes(b"1")
+    os.mkdir(root / ".snapshots" / "good")
+    before = store_fingerprint(local)
+    snaps = root / ".snapshots"
+    for name in (".agentfs", ".hidden", ".agentfs-tmp", "y" * 201, "a b", "é", "-x", "a\\b", "a\tb",
+                 "bad\udcff"):
+        expect_errno(errno.EINVAL, lambda n=name: os.mkdir(os.path.join(snaps, n)), f"mkdir .snapshots/{name[:20]!r}")
+    expect_errno({errno.EINVAL, errno.ENAMETOOLONG}, lambda: os.mkdir(snaps / ("x" * 256)),
+                 "mkdir .snapshots/<256 bytes>")
+    expect_errno(errno.EEXIST, lambda: os.mkdir(snaps / ".."), "mkdir .snapshots/..")
+    expect_errno(errno.EEXIST, lambda: os.mkdir(snaps / "good"), "mkdir an existing checkpoint")
+    expect_errno(errno.EROFS, lambda: os.mkdir(snaps / "good" / "inside"), "mkdir inside a checkpoint")
+    expect_errno(errno.EROFS, lambda: (snaps / "good" / "f").write_bytes(b"2"), "write inside a checkpoint")
+    expect_errno({errno.EPERM, errno.EINVAL, errno.EROFS, errno.EACCES},
+                 lambda: (snaps / "file").write_bytes(b"2"), "create a file in .snapshots")
+    assert os.listdir(snaps / "good") == ["f"]
+    assert store_fingerprint(local) == before  # no checkpoint record or object was written
+    alive(root)
+    assert m.proc.poll() is None
+
+
+def test_checkpoint_and_fork_names_through_the_cli_and_api(local: str, tmp_path: Path) -> None:
+    c = agentfs.open_workspace(local, "ws")
+    try:
+        c.write_bytes("f", b"1")
+        c.checkpoint("good")
+    finally:
+        c.close()
+    before = store_fingerprint(local)
+    for name in [*CHECKPOINT_NAMES_CLI, ""]:
+        TRIED.append(f"CLI checkpoint create {name[:20]!r}")
+        r = _cli("checkpoint", "create", f"{local}/ws", "--", name) if name.startswith("-") else \
+            _cli("checkpoint", "create", f"{local}/ws", name)
+        assert r.returncode == 64, (name, r.returncode, r.stderr)
+        lines = r.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentfs: "), (name, r.stderr)
+    for target in ("../x", "/abs", ".agentfs", "..", "", "a/b", "x" * 256, ".agentfs-tmp", "ws"):
+        TRIED.append(f"CLI checkpoint fork to {target[:20]!r}")
+        r = _cli("checkpoint", "fork", f"{local}/ws@good", target)
+        # an existing workspace: "already exists"; too long: NameTooLong (exit 1); else usage (64)
+        want = {"ws": (1, 64, 73), "x" * 256: (1, 64)}.get(target, (64,))
+        assert r.returncode in want, (target, r.returncode, r.stderr)
+        lines = r.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentfs: "), (target, r.stderr)
+    for name in ("../x", "good/../../x", "../good"):
+        TRIED.append(f"CLI checkpoint restore {name!r}")
+        r = _cli("checkpoint", "restore", f"{local}/ws", name)
+        assert r.returncode in (2, 64), (name, r.returncode, r.stderr)  # not found, or refused
+    c = agentfs.open_workspace(local, "ws", create=False)
+    try:
+        for name in [*CHECKPOINT_NAMES_CLI, "", "a\0b", "bad\udcff"]:
+            TRIED.append(f"API checkpoint {name[:20]!r}")
+            with pytest.raises(errors.AgentFSError) as ei:
+                c.checkpoint(name)
+            assert ei.value.errno in (errno.EINVAL, errno.ENAMETOOLONG), (name, ei.value)
+        for target in ("../x", "/abs", ".agentfs", "", "a\0b", "x" * 256, "ws/../x"):
+            TRIED.append(f"API fork to {target[:20]!r}")
+            with pytest.raises(errors.AgentFSError) as ei:
+                c.fork("good", target)
+            assert ei.value.errno in (errno.EINVAL, errno.ENAMETOOLONG), (target, ei.value)
+        assert [cp.name for cp in c.checkpoints()] == ["good"]
+    finally:
+        c.close()
+    assert store_fingerprint(local) == before
+    assert not (tmp_path / "x").exists() and not (tmp_path / "abs").exists()
+    assert {o.key.split("/")[0] for o in open_store(local).list("")} <= {"ws", ".agentfs"}
