@@ -130,9 +130,9 @@ def mounter(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         full_env.setdefault("PYTHONPATH", str(REPO))
         if env:
             full_env.update(env)
-        proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".err"), "wb"),
-                                cwd=str(REPO))
+        with open(log.with_suffix(".err"), "wb") as err:  # the child keeps its own copy
+            proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, cwd=str(REPO))
         m = Mount(path=mp, store_url=store_url, args=args, log=log, cache_dir=cache, proc=proc)
         mounts.append(m)
         _wait_mounted(m)

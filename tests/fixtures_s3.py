@@ -60,9 +60,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     logf = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(logf, "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    with open(logf, "wb") as out:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
         try:

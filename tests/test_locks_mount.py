@@ -91,7 +91,10 @@ class Holder:
 
     def line(self, timeout: float = 60.0) -> str:
         assert self.proc.stdout is not None
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        # poll, not select: select() refuses descriptors above 1023
+        p = select.poll()
+        p.register(self.proc.stdout, select.POLLIN)
+        r = p.poll(timeout * 1000)
         if not r:
             raise AssertionError(f"holder {self.proc.pid} said nothing within {timeout}s")
         return self.proc.stdout.readline().decode().strip()
