@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints
+from agentfs import agentstate, checkpoints, groupcommit
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -130,6 +130,10 @@ class FileSystem:
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
+        #: issue 6: deferred group commit of closes (agentfs/groupcommit.py)
+        self.flusher = groupcommit.Flusher() if groupcommit.ENABLED and not read_only else None
+        self.leases.before_release = self._flush_deferred_of
+
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
 
@@ -175,6 +179,7 @@ class FileSystem:
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
             ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
+            ws.flusher = self.flusher  # issue 6: closes do not wait for their journal record
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -636,6 +641,15 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
+        if self.flusher is not None:  # issue 6
+            nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
+
+    async def _flush_deferred_of(self, name: str) -> None:
+        """issue 6: commit a workspace's deferred records (before a lease is released)."""
+        ws = self.workspaces.get(name)
+        if ws is not None:
+            with trio.CancelScope(shield=True):
+                await ws.flush_deferred()
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), give back leases, then drop the cache."""
