@@ -45,10 +45,11 @@ from agentfs.errors import AgentFSError
 from agentfs.models import PutOp, Record
 
 if TYPE_CHECKING:
+    from agentfs.namespace import Node
     from agentfs.workspace import Workspace
 
-__all__ = ["DELAY", "ENABLED", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPED", "Flusher", "apply_locally",
-           "may_defer"]
+__all__ = ["DELAY", "ENABLED", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPED", "YOUNG", "Flusher", "apply_locally",
+           "await_record", "may_defer"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ TOMB_GUARD = 2.5
 #: commit restamps it with its seq (``Namespace._put``); until then it is
 #: treated as old (referenced by any live checkpoint), the safe side for COW.
 UNSTAMPED = -1
+#: An object younger than this (s) that the journal does not know yet may be
+#: another mount's close whose deferred record is on its way: a reader waits
+#: for it (:func:`await_record`) before adopting the object as an external write.
+YOUNG = 5.0
+#: The waits (s) between journal pulls in :func:`await_record` (about 1.5 s in all).
+AWAIT_STEPS = (0.05, 0.1, 0.2, 0.4, 0.75)
 #: After a failed flush, wait this long before the next attempt (s).
 RETRY_AFTER = 1.0
 
@@ -95,6 +102,21 @@ def apply_locally(ws: Workspace, records: Iterable[Record]) -> None:
             node = ws.ns.resolve(op.path)
             if node is not None and node.entry.kind == "f":
                 node.entry = node.entry.model_copy(update={"vseq": UNSTAMPED})
+
+
+async def await_record(ws: Workspace, node: Node, old_etag: str | None, mtime: float) -> bool:
+    """A reader found another version at a file's key than the journal says:
+    if the object is young, pull the journal a few times (another mount's
+    deferred record is usually there within :data:`DELAY` plus one request).
+    True when the node's version changed meanwhile (nothing to adopt)."""
+    if time.time() - mtime >= YOUNG:
+        return False
+    for pause in AWAIT_STEPS:
+        await trio.sleep(pause)
+        await ws.pull()
+        if node.entry.etag != old_etag:
+            return True
+    return False
 
 
 class Flusher:

@@ -279,6 +279,8 @@ class Workspace:
         #: issue 6: set by the mount; uploads then queue their commit without
         #: waiting for it (deferred group commit, agentfs/groupcommit.py).
         self.flusher: groupcommit.Flusher | None = None
+        #: issue 6: deferred records of the batch being written (not yet applied from it)
+        self._inflight: list[Record] = []
 
     # -- plumbing -------------------------------------------------------------
 
@@ -340,6 +342,11 @@ class Workspace:
         for r in commit.records:
             ch.merge(self.ns.apply(r.op, r.time))
         self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
+        if self._inflight or self._queue:
+            # issue 6: the local view is the journal plus our deferred records,
+            # which follow every commit applied so far in the journal order.
+            groupcommit.apply_locally(self, [*self._inflight,
+                                             *(r for p in self._queue if p.deferred for r in p.records)])
         if notify and self.on_change is not None:
             self.on_change(ch)
         return ch
@@ -377,10 +384,12 @@ class Workspace:
             if not me.done:
                 batch, self._queue = self._queue, []
                 recs = [r for p in batch for r in p.records]
+                self._inflight = [r for p in batch if p.deferred for r in p.records]
                 try:
                     if recs:
                         await self._write_batch(recs)
                 except BaseException as e:
+                    self._inflight = []
                     # issue 6: deferred records have no waiter to tell; they go
                     # back to the head of the queue (order kept) for the next batch.
                     self._queue[:0] = [p for p in batch if p.deferred]
@@ -421,12 +430,14 @@ class Workspace:
             seq = self.ns.seq + 1
             c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
             if await self._io(self.journal.append, c):
+                self._inflight = []  # issue 6: applied from the commit now
                 self._apply(c, notify=False)
                 break
             # The number is taken: by another mount, or by this very commit when
             # a retried request had in fact succeeded.
             theirs = await self._io(self.journal.fetch, seq)
             if theirs is not None and theirs.id == c.id:
+                self._inflight = []
                 self._apply(c, notify=False)
                 break
             await self._pull_locked()
@@ -662,6 +673,8 @@ class Workspace:
             raise Stale("the object vanished from the store", path=key) from None
         if info.etag == old:
             return
+        if await groupcommit.await_record(self, node, old, info.mtime):
+            return  # issue 6: another mount's deferred commit arrived
         path = self.ns.path_of(node)
         if path is None:
             raise Stale("file was removed", path=key)

@@ -152,6 +152,40 @@ def test_small_file_creates_cost_about_one_request_each(tmp_path: Path, n: int) 
     trio.run(main)
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.002])
+def test_appends_while_batches_are_in_flight(tmp_path: Path, delay: float) -> None:
+    """open(append)/write/close in a loop while the flusher writes batches:
+    an older batch landing must not take the local view back to an older
+    version (the next open would start from it and lose a race with itself)."""
+    store = MemoryStore()
+    me = Caller.current("t")
+
+    async def main() -> None:
+        ws = await _ws(store, tmp_path / "a")
+        await _write_file(ws, "log", b"", me)
+        expected = b""
+
+        async def body() -> None:
+            nonlocal expected
+            for i in range(150):
+                line = f"line {i}\n".encode()
+                node = ws.resolve("log")
+                of = await ws.open(node, write=True, truncate=False, append=True, caller=me)
+                await ws.write(of, of.size, line)
+                await ws.release(of, me)
+                expected += line
+                await trio.sleep(0)
+
+        await _with_flusher(ws, body, Flusher(delay=delay, max_pending=1))
+        assert sorted(p for p, _ in ws.ns.walk()) == ["log"]  # no conflict copies
+        assert await ws.read(ws.resolve("log"), 0, 1 << 20) == expected
+        fresh = await _ws(store, tmp_path / "b")
+        assert _tree(fresh) == _tree(ws)
+        assert await fresh.read(fresh.resolve("log"), 0, 1 << 20) == expected
+
+    trio.run(main)
+
+
 # ---------------------------------------------------------------- order
 
 
@@ -245,6 +279,42 @@ def test_failed_flush_keeps_records_queued_in_order(tmp_path: Path) -> None:
         assert _tree(fresh) == _tree(ws)
 
     trio.run(main)
+
+
+def test_reader_waits_for_another_mounts_deferred_record(tmp_path: Path) -> None:
+    """Mount B reading a file that A overwrote (record still queued) waits for
+    A's record instead of adopting A's object as an external write."""
+    store = MemoryStore()
+    me = Caller.current("t")
+
+    async def main() -> None:
+        a = await _ws(store, tmp_path / "a")
+        await _write_file(a, "f", b"version one", me)
+        b = await _ws(store, tmp_path / "b")
+
+        async def body() -> None:
+            await _write_file(a, "f", b"version two, longer", me)
+            assert a.deferred_pending == 1
+
+            async def flush_later() -> None:
+                await trio.sleep(0.2)
+                await a.flush_deferred()
+
+            async with trio.open_nursery() as n:
+                n.start_soon(flush_later)
+                data = await b.read(b.resolve("f"), 0, 100, follow_changes=True)
+            assert data == b"version two, longer"
+
+        await _with_flusher(a, body, Flusher(delay=3600, max_pending=10**6))
+        actions = [r.action for seq in range(1, a.ns.seq + 1)
+                   for r in (a.journal.fetch(seq) or _no()).records]
+        assert "external-write" not in actions, actions
+
+    trio.run(main)
+
+
+def _no() -> Any:
+    raise AssertionError("journal gap")
 
 
 # ---------------------------------------------------------------- crash window
