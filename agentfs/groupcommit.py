@@ -48,15 +48,17 @@ if TYPE_CHECKING:
     from agentfs.namespace import Node
     from agentfs.workspace import Workspace
 
-__all__ = ["DELAY", "ENABLED", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPED", "YOUNG", "Flusher", "apply_locally",
+__all__ = ["DELAY", "ENABLED", "MAX_AGE", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPED", "YOUNG", "Flusher", "apply_locally",
            "await_record", "may_defer"]
 
 log = logging.getLogger(__name__)
 
 #: Deferral on (default) or off (``AGENTFS_GROUP_COMMIT=0``).
 ENABLED = os.environ.get("AGENTFS_GROUP_COMMIT", "1") not in ("0", "off", "no", "false")
-#: How long a deferred record waits for company before the flusher writes it (s).
+#: The flusher writes the queue once no new deferred record came for this long (s)...
 DELAY = float(os.environ.get("AGENTFS_GROUP_COMMIT_DELAY", "0.05"))
+#: ...or once the oldest queued record waited this long (s), during a stream of closes.
+MAX_AGE = float(os.environ.get("AGENTFS_GROUP_COMMIT_MAX_AGE", "0.25"))
 #: Write at once when this many records are waiting.
 MAX_PENDING = int(os.environ.get("AGENTFS_GROUP_COMMIT_MAX", "64"))
 #: A path removed less than this many seconds ago is committed synchronously:
@@ -123,14 +125,17 @@ class Flusher:
     """Writes the deferred records of every workspace of a mount.
 
     :meth:`notify` is called by a workspace that queued a deferred record;
-    :meth:`run` (a background task) waits :data:`DELAY` (or until
-    :data:`MAX_PENDING` records wait), then commits every workspace's queue.
+    :meth:`run` (a background task) waits until no record came for ``delay``,
+    the first one waited ``max_age`` or ``max_pending`` records wait, then
+    commits every workspace's queue (one journal object per workspace).
     Errors are logged and retried; the records stay queued (and ride along
     with the next commit anyone makes).
     """
 
-    def __init__(self, delay: float = DELAY, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, delay: float = DELAY, max_pending: int = MAX_PENDING,
+                 max_age: float | None = None) -> None:
         self.delay = delay
+        self.max_age = max(delay, MAX_AGE if max_age is None else max_age)
         self.max_pending = max_pending
         self._wake = trio.Event()
         self._full = trio.Event()
@@ -143,9 +148,14 @@ class Flusher:
     async def run(self, workspaces: Callable[[], list[Workspace]]) -> None:
         while True:
             await self._wake.wait()
+            start = trio.current_time()
+            while not self._full.is_set():  # debounce, bounded by max_age
+                self._wake = trio.Event()
+                with trio.move_on_at(min(trio.current_time() + self.delay, start + self.max_age)) as cs:
+                    await self._wake.wait()
+                if cs.cancelled_caught:
+                    break
             self._wake = trio.Event()
-            with trio.move_on_after(self.delay):
-                await self._full.wait()
             self._full = trio.Event()
             failed = False
             for ws in workspaces():
