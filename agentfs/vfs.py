@@ -644,6 +644,14 @@ class FileSystem:
         if self.flusher is not None:  # issue 6
             nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
 
+    async def fsyncdir(self, fh: int) -> None:
+        """issue 6: fsync of a directory makes the entries of earlier closes durable
+        in the journal (every workspace's deferred records are committed)."""
+        del fh
+        for ws in list(self.workspaces.values()):
+            with trio.CancelScope(shield=True):
+                await ws.flush_deferred()
+
     async def _flush_deferred_of(self, name: str) -> None:
         """issue 6: commit a workspace's deferred records (before a lease is released)."""
         ws = self.workspaces.get(name)

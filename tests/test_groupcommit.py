@@ -385,3 +385,32 @@ def test_sigkill_right_after_closes_keeps_every_closed_file(mounter: Callable[..
     assert set(files) == set(expected)
     m2.unmount()
     assert_check_clean(store_url)
+
+
+def test_fsync_of_file_or_directory_commits_entries_before_a_crash(mounter: Callable[..., Mount],
+                                                                     store_url: str) -> None:
+    """fsync(file) and fsync(directory) commit the journal records of earlier closes:
+    after SIGKILL the entries come back exactly (mode 0600), not as adoptions (0644)."""
+    env = {"AGENTFS_GROUP_COMMIT_DELAY": "3600", "AGENTFS_GROUP_COMMIT_MAX": "1000000"}
+    m = mounter(store_url, env=env)
+    ws = m.path / "ws"
+    ws.mkdir()
+    fd = os.open(ws / "c", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"c" * 10)
+    os.fsync(fd)
+    os.close(fd)
+    for name in ("a", "b"):
+        fd = os.open(ws / name, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, name.encode() * 10)
+        os.close(fd)
+    dfd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+    crash(m)
+    m.kill()
+
+    m2 = mounter(store_url)
+    for name in ("a", "b", "c"):
+        p = m2.path / "ws" / name
+        assert p.read_bytes() == name.encode() * 10
+        assert (p.stat().st_mode & 0o777) == 0o600, name
