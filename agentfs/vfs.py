@@ -130,8 +130,9 @@ class FileSystem:
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
-        #: issue 6: deferred group commit of closes (agentfs/groupcommit.py)
-        self.flusher = groupcommit.Flusher() if groupcommit.ENABLED and not read_only else None
+        #: issue 6: deferred group commit of closes (agentfs/groupcommit.py); set
+        #: when the flusher task runs (run_background): without it, closes commit.
+        self.flusher: groupcommit.Flusher | None = None
         self.leases.before_release = self._flush_deferred_of
 
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
@@ -641,7 +642,10 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
-        if self.flusher is not None:  # issue 6
+        if groupcommit.ENABLED and not self.read_only:  # issue 6
+            self.flusher = groupcommit.Flusher()
+            for ws in self.workspaces.values():
+                ws.flusher = self.flusher
             nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
 
     async def fsyncdir(self, fh: int) -> None:
