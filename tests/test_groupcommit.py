@@ -414,3 +414,19 @@ def test_fsync_of_file_or_directory_commits_entries_before_a_crash(mounter: Call
         p = m2.path / "ws" / name
         assert p.read_bytes() == name.encode() * 10
         assert (p.stat().st_mode & 0o777) == 0o600, name
+
+
+def test_switched_off_every_close_commits(mounter: Callable[..., Mount], store_url: str) -> None:
+    """AGENTFS_GROUP_COMMIT=0: a close waits for its record, so a SIGKILL right after
+    it finds the exact entry (mode 0600) in the journal."""
+    m = mounter(store_url, env={"AGENTFS_GROUP_COMMIT": "0", "AGENTFS_GROUP_COMMIT_DELAY": "3600"})
+    ws = m.path / "ws"
+    ws.mkdir()
+    fd = os.open(ws / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"exact")
+    os.close(fd)
+    crash(m)
+    m.kill()
+    m2 = mounter(store_url)
+    assert (m2.path / "ws" / "f").read_bytes() == b"exact"
+    assert ((m2.path / "ws" / "f").stat().st_mode & 0o777) == 0o600
