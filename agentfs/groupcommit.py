@@ -98,7 +98,9 @@ def apply_locally(ws: Workspace, records: Iterable[Record]) -> None:
         before = None
         if isinstance(op, PutOp):
             cur = ws.ns.resolve(op.path)
-            before = (cur.entry.etag, cur.entry.data_key) if cur is not None and cur.entry.kind == "f" else None
+            if cur is not None and cur.entry.kind == "f":
+                # an unstamped version stays unstamped when applied again
+                before = (cur.entry.etag, cur.entry.data_key) if cur.entry.vseq >= 0 else ("", "")
         ws.ns.apply(op, r.time)
         if isinstance(op, PutOp) and op.entry.kind == "f" and before != (op.entry.etag, op.entry.data_key):
             node = ws.ns.resolve(op.path)

@@ -231,6 +231,35 @@ def test_operations_right_after_close_keep_journal_order(tmp_path: Path) -> None
     trio.run(main)
 
 
+def test_other_mounts_commits_between_close_and_batch(tmp_path: Path) -> None:
+    """Commits of another mount applied while our records are queued: the local
+    view keeps our closes on top, and after the batch it equals a fresh replay
+    (versions stamped with the seq of our batch)."""
+    store = MemoryStore()
+    me = Caller.current("t")
+
+    async def main() -> None:
+        a = await _ws(store, tmp_path / "a")
+        await _write_file(a, "f", b"v1", me)
+        b = await _ws(store, tmp_path / "b")
+
+        async def body() -> None:
+            await _write_file(a, "f", b"v2 from a", me)
+            await _write_file(a, "g", b"new from a", me)
+            await _write_file(b, "h", b"from b", me)
+            await b.mkdir(b.ns.root, "dir-b", 0o755, me)
+            await a.pull()   # b's commits under our queued records
+            assert await a.read(a.resolve("f"), 0, 100) == b"v2 from a"
+            assert a.resolve("g").entry.etag is not None and a.deferred_pending == 2
+
+        await _with_flusher(a, body, Flusher(delay=3600, max_pending=10**6))
+        fresh = await _ws(store, tmp_path / "c")
+        assert _tree(fresh) == _tree(a)
+        assert await fresh.read(fresh.resolve("f"), 0, 100) == b"v2 from a"
+
+    trio.run(main)
+
+
 def test_fsync_waits_for_the_journal_record(tmp_path: Path) -> None:
     store = MemoryStore()
     me = Caller.current("t")
