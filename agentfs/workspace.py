@@ -1201,9 +1201,10 @@ class Workspace:
         # issue 7: interrupted renames are undone; keys of renames in progress wait
         in_progress = await intents.settle(self, now, self._renaming)
         objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
-        # A rename that began while we listed has copies in the listing that its
-        # intent protects: ask again (issue 6 review: the first answer is stale).
-        in_progress |= await intents.settle(self, now, self._renaming)
+        # A rename that began while we listed has copies in the listing: every
+        # intent still there protects its keys (only protects; settled above).
+        in_progress |= {k for _, i in await self._io(intents.pending, self.journal) if i is not None
+                        for k in i.keys}
         if changed_now:
             # issue 6: commits made while we listed (a remove after its object
             # was listed) are known before anything is adopted at once.
