@@ -64,7 +64,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -430,6 +430,14 @@ class LeaseManager:
         self.limiter = limiter
         self.held: dict[tuple[str, str, int], Held] = {}
         self._stores: dict[str, LeaseStore] = {}
+        #: issue 6: called with the workspace name before a lease is given back,
+        #: so the holder's deferred journal records are committed first (the next
+        #: holder must see its writes).  Set by the mount.
+        self.before_release: Callable[[str], Awaitable[None]] | None = None
+
+    async def _settle(self, ws: str) -> None:
+        if self.before_release is not None:
+            await self.before_release(ws)
 
     def leases(self, ws: str) -> LeaseStore:
         ls = self._stores.get(ws)
@@ -461,6 +469,8 @@ class LeaseManager:
     async def release(self, ws: str, path: str, caller: Caller) -> None:
         """``removexattr user.agentfs.lock``: the calling process lets go (ENODATA if it held nothing)."""
         pid = self._pid(caller)
+        if (ws, path, pid) in self.held:
+            await self._settle(ws)  # issue 6
         h = self.held.pop((ws, path, pid), None)
         if h is None:
             raise NoAttribute("this process holds no lease on the file", path=path)
@@ -478,7 +488,9 @@ class LeaseManager:
         h = self.held.get((ws, path, pid))
         if h is None or any(tgid_of(c.pid) == pid for c in still_open):
             return
-        del self.held[(ws, path, pid)]
+        if not h.lost:
+            await self._settle(ws)  # issue 6
+        self.held.pop((ws, path, pid), None)
         if not h.lost:
             log.info("lease on %s/%s: pid %d closed the file; releasing", ws, path, pid)
             await self._io(self.leases(ws).release, path, h.token)
@@ -534,6 +546,7 @@ class LeaseManager:
                 continue
             log.info("lease on %s/%s: holder pid %d exited; releasing", h.ws, h.path, h.pid)
             try:
+                await self._settle(h.ws)  # issue 6
                 await self._io(self.leases(h.ws).release, h.path, h.token)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s: %s (it expires after the TTL)", h.ws, h.path, e)
@@ -576,6 +589,7 @@ class LeaseManager:
             if h.lost:
                 continue
             try:
+                await self._settle(h.ws)  # issue 6
                 await self._io(self.leases(h.ws).release, h.path, h.token)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s at unmount: %s", h.ws, h.path, e)

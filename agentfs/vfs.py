@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints
+from agentfs import agentstate, checkpoints, groupcommit
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -130,6 +130,11 @@ class FileSystem:
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
+        #: issue 6: deferred group commit of closes (agentfs/groupcommit.py); set
+        #: when the flusher task runs (run_background): without it, closes commit.
+        self.flusher: groupcommit.Flusher | None = None
+        self.leases.before_release = self._flush_deferred_of
+
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
 
@@ -175,6 +180,7 @@ class FileSystem:
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
             ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
+            ws.flusher = self.flusher  # issue 6: closes do not wait for their journal record
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -644,6 +650,26 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
+        if groupcommit.ENABLED and not self.read_only:  # issue 6
+            self.flusher = groupcommit.Flusher()
+            for ws in self.workspaces.values():
+                ws.flusher = self.flusher
+            nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
+
+    async def fsyncdir(self, fh: int) -> None:
+        """issue 6: fsync of a directory makes the entries of earlier closes durable
+        in the journal (every workspace's deferred records are committed)."""
+        del fh
+        for ws in list(self.workspaces.values()):
+            with trio.CancelScope(shield=True):
+                await ws.flush_deferred()
+
+    async def _flush_deferred_of(self, name: str) -> None:
+        """issue 6: commit a workspace's deferred records (before a lease is released)."""
+        ws = self.workspaces.get(name)
+        if ws is not None:
+            with trio.CancelScope(shield=True):
+                await ws.flush_deferred()
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), give back leases, then drop the cache."""

@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, intents
+from agentfs import agentstate, checkpoints, groupcommit, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -223,6 +223,8 @@ class _Pending:
     records: list[Record]
     done: bool = False
     error: BaseException | None = None
+    #: issue 6: queued by a close that does not wait (agentfs/groupcommit.py)
+    deferred: bool = False
 
 
 class Workspace:
@@ -273,6 +275,12 @@ class Workspace:
         #: locks (issue 4): called before every upload with (path, caller); raises
         #: Fenced when the caller's lease on path was taken over (set by the mount).
         self.fence: Callable[[str, Caller], Awaitable[None]] | None = None
+
+        #: issue 6: set by the mount; uploads then queue their commit without
+        #: waiting for it (deferred group commit, agentfs/groupcommit.py).
+        self.flusher: groupcommit.Flusher | None = None
+        #: issue 6: deferred records of the batch being written (not yet applied from it)
+        self._inflight: list[Record] = []
 
     # -- plumbing -------------------------------------------------------------
 
@@ -334,6 +342,11 @@ class Workspace:
         for r in commit.records:
             ch.merge(self.ns.apply(r.op, r.time))
         self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
+        if self._inflight or self._queue:
+            # issue 6: the local view is the journal plus our deferred records,
+            # which follow every commit applied so far in the journal order.
+            groupcommit.apply_locally(self, [*self._inflight,
+                                             *(r for p in self._queue if p.deferred for r in p.records)])
         if notify and self.on_change is not None:
             self.on_change(ch)
         return ch
@@ -370,32 +383,69 @@ class Workspace:
         async with self._commit_lock:
             if not me.done:
                 batch, self._queue = self._queue, []
+                recs = [r for p in batch for r in p.records]
+                self._inflight = [r for p in batch if p.deferred for r in p.records]
                 try:
-                    await self._write_batch([r for p in batch for r in p.records])
+                    if recs:
+                        await self._write_batch(recs)
                 except BaseException as e:
+                    self._inflight = []
+                    # issue 6: deferred records have no waiter to tell; they go
+                    # back to the head of the queue (order kept) for the next batch.
+                    self._queue[:0] = [p for p in batch if p.deferred]
                     for p in batch:
-                        p.done, p.error = True, e
+                        if not p.deferred:
+                            p.done, p.error = True, e
                     raise
                 for p in batch:
                     p.done = True
+                if recs:
+                    await self._maybe_compact()
         if me.error is not None:
             raise me.error
+
+    # -- issue 6: deferred group commit (agentfs/groupcommit.py) ---------------
+
+    def commit_deferred(self, records: list[Record]) -> None:
+        """Queue records for the next group commit without waiting for it; they
+        show in the local namespace at once.  Needs a running :attr:`flusher`."""
+        assert self.flusher is not None
+        self._writable()
+        groupcommit.apply_locally(self, records)
+        self._queue.append(_Pending(records, deferred=True))
+        self.flusher.notify(self.deferred_pending)
+
+    @property
+    def deferred_pending(self) -> int:
+        """Records queued by deferred commits and not yet written."""
+        return sum(len(p.records) for p in self._queue if p.deferred)
+
+    async def flush_deferred(self) -> None:
+        """Write every deferred record now (returns when they are in the journal)."""
+        if self.deferred_pending:
+            await self.commit([])
 
     async def _write_batch(self, records: list[Record]) -> None:
         while True:
             seq = self.ns.seq + 1
             c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
             if await self._io(self.journal.append, c):
+                self._inflight = []  # issue 6: applied from the commit now
                 self._apply(c, notify=False)
                 break
             # The number is taken: by another mount, or by this very commit when
             # a retried request had in fact succeeded.
             theirs = await self._io(self.journal.fetch, seq)
             if theirs is not None and theirs.id == c.id:
+                self._inflight = []
                 self._apply(c, notify=False)
                 break
             await self._pull_locked()
-        if seq - self._last_state_seq >= COMPACT_EVERY:
+
+    async def _maybe_compact(self) -> None:
+        # issue 6: never while deferred records are applied locally but not
+        # committed (the snapshot would contain them); the next batch retries.
+        if self.ns.seq - self._last_state_seq >= COMPACT_EVERY and not any(p.deferred for p in self._queue):
             await self.compact()
 
     async def compact(self) -> None:
@@ -624,6 +674,8 @@ class Workspace:
             raise Stale("the object vanished from the store", path=key) from None
         if info.etag == old:
             return
+        if await groupcommit.await_record(self, node, old, info.mtime):
+            return  # issue 6: another mount's deferred commit arrived
         path = self.ns.path_of(node)
         if path is None:
             raise Stale("file was removed", path=key)
@@ -803,8 +855,11 @@ class Workspace:
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
             })
             action = "create" if node.pending else "write"
-            await self.commit([self.record(action, PutOp(path=path, entry=entry), caller,
-                                           size=size, sha256=sha)])
+            records = [self.record(action, PutOp(path=path, entry=entry), caller, size=size, sha256=sha)]
+            if groupcommit.may_defer(self, path):
+                self.commit_deferred(records)  # issue 6: the bytes are durable; the record follows
+            else:
+                await self.commit(records)
             of.base_etag = info.etag
             if of.gen == gen:
                 of.dirty = False
@@ -859,6 +914,7 @@ class Workspace:
 
     async def fsync(self, of: OpenFile, caller: Caller) -> None:
         await self.flush(of, caller)
+        await self.flush_deferred()  # issue 6: fsync waits for the journal record too
 
     # -- changing attributes ----------------------------------------------------
 
@@ -1121,14 +1177,18 @@ class Workspace:
 
     async def sync(self, caller: Caller) -> None:
         """Flush every dirty file, including closed ones whose upload failed."""
-        for of in list(self.open_files.values()):
-            if of.dirty:
-                try:
-                    await self._upload(of, self._retry.get(of.node.ino, caller))
-                except Fenced:
-                    pass  # locks (issue 4): already kept as a conflict copy; go on with the rest
-            if of.handles <= 0 and not of.dirty:
-                self._forget_open(of)
+        try:
+            for of in list(self.open_files.values()):
+                if of.dirty:
+                    try:
+                        await self._upload(of, self._retry.get(of.node.ino, caller))
+                    except Fenced:
+                        pass  # locks (issue 4): already kept as a conflict copy; go on with the rest
+                if of.handles <= 0 and not of.dirty:
+                    self._forget_open(of)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush_deferred()  # issue 6: closed files' records reach the journal
 
     @property
     def pending_retries(self) -> int:
@@ -1149,6 +1209,14 @@ class Workspace:
         # issue 7: interrupted renames are undone; keys of renames in progress wait
         in_progress = await intents.settle(self, now, self._renaming)
         objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
+        # A rename that began while we listed has copies in the listing: every
+        # intent still there protects its keys (only protects; settled above).
+        in_progress |= {k for _, i in await self._io(intents.pending, self.journal) if i is not None
+                        for k in i.keys}
+        if changed_now:
+            # issue 6: commits made while we listed (a remove after its object
+            # was listed) are known before anything is adopted at once.
+            await self.pull()
         caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
         records: list[Record] = []
         leftovers: list[tuple[str, str]] = []
@@ -1170,8 +1238,12 @@ class Workspace:
                 continue
             if o.key in in_progress:
                 continue
-            if now - o.mtime < ADOPT_GRACE and not (changed_now and node is not None):
-                continue  # maybe an upload whose commit is on its way
+            if now - o.mtime < ADOPT_GRACE and not changed_now:
+                # maybe an upload whose commit is on its way.  At mount
+                # (``changed_now``) untracked objects are adopted at once: a
+                # close whose deferred commit a crash lost (issue 6), or a
+                # writer that crashed between upload and commit.
+                continue
             tomb = self.ns.tombstones.get(path)
             if node is None and tomb is not None and o.mtime <= tomb + 1:
                 leftovers.append((o.key, o.etag))

@@ -251,7 +251,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def fsyncdir(self, fh, datasync):
-        return None
+        await self.fs.fsyncdir(fh)  # issue 6: commits the deferred records of closes
 
     @boundary
     async def statfs(self, ctx):
