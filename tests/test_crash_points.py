@@ -46,7 +46,7 @@ from tests.test_crash import (
     snapshot,
 )
 
-ROUNDS = int(os.environ.get("CRASH_POINTS_ROUNDS", "30"))
+ROUNDS = int(os.environ.get("CRASH_POINTS_ROUNDS", "16"))
 COMPACT_ROUNDS = int(os.environ.get("CRASH_COMPACT_ROUNDS", "8"))
 RENAME_ROUNDS = int(os.environ.get("CRASH_RENAME_ROUNDS", "8"))
 MULTIPART_ROUNDS = int(os.environ.get("CRASH_MULTIPART_ROUNDS", "4"))

@@ -45,7 +45,7 @@ from tests.fixtures_mount import Mount
 from tests.test_model import Gen, Model, Op, Real, Runner, fail, first_diff, fmt, outcome, under
 
 SEEDS = [int(s) for s in os.environ.get("AGENTFS_MODEL_EXT_SEEDS", "1").split(",") if s.strip()]
-N_OPS = int(os.environ.get("AGENTFS_MODEL_EXT_OPS", "600"))
+N_OPS = int(os.environ.get("AGENTFS_MODEL_EXT_OPS", "400"))
 #: The coherence promise between mounts is 2 s (SEMANTICS); a loaded CI machine
 #: gets more.  This is a bound for convergence, not a timing assertion.
 CONVERGE_WITHIN = float(os.environ.get("AGENTFS_MODEL_CONVERGE", "15"))
