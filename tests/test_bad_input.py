@@ -294,12 +294,16 @@ def test_damaged_record_seen_by_a_live_mount(mounter: Callable[..., Mount], loca
     root = m.path / "ws"
     root.mkdir()
     (root / "a").write_bytes(b"1")
+    fd = os.open(root / "a", os.O_RDONLY)  # fsync: a's group-committed record is in the journal
+    os.fsync(fd)
+    os.close(fd)
     logdir = _store_dir(local) / ".agentfs" / "ws" / "log"
     seq = max(int(p.name.split(".")[0]) for p in logdir.iterdir())
     rec = logdir / f"{seq + 1:020d}.json"
     rec.write_bytes(b'{"v": 1, "seq": ')
     TRIED.append("journal record damaged under a live mount")
-    expect_errno(errno.EIO, lambda: (root / "b").write_bytes(b"2"), "commit after a damaged record")
+    # a metadata operation waits for its commit (a close would not: group commit)
+    expect_errno(errno.EIO, lambda: os.mkdir(root / "d"), "commit after a damaged record")
     assert rec.read_bytes() == b'{"v": 1, "seq": '
     assert (root / "a").read_bytes() == b"1"
     assert "unreadable journal record" in m.log_text()
