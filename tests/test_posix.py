@@ -534,18 +534,18 @@ def test_mmap_shared_write(ws: Path) -> None:
 def test_directory_with_many_entries(ws: Path, store_url: str) -> None:
     # 10,000 entries; on moto 2,000 unless AGENTFS_BIG_S3=1 (each create is a
     # request to a slow in-memory server; 2,000 still spans two S3 list pages).
-    n = 2_000 if store_url.startswith("s3://") and not os.environ.get("AGENTFS_BIG_S3") else 10_000
+    count = 2_000 if store_url.startswith("s3://") and not os.environ.get("AGENTFS_BIG_S3") else 10_000
     d = ws / "big"
     d.mkdir()
-    names = [f"entry-{i:05d}" for i in range(n)]
+    names = [f"entry-{i:05d}" for i in range(count)]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for n in names:
         os.close(os.open(d / n, flags, 0o644))
     listed = os.listdir(d)
-    assert len(listed) == n
+    assert len(listed) == count
     assert sorted(listed) == names
     with os.scandir(d) as it:
-        assert sum(1 for e in it if e.is_file(follow_symlinks=False)) == n
+        assert sum(1 for e in it if e.is_file(follow_symlinks=False)) == count
     assert os.stat(d / names[-1]).st_size == 0
 
 
