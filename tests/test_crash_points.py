@@ -48,7 +48,7 @@ from tests.test_crash import (
 
 ROUNDS = int(os.environ.get("CRASH_POINTS_ROUNDS", "16"))
 COMPACT_ROUNDS = int(os.environ.get("CRASH_COMPACT_ROUNDS", "8"))
-RENAME_ROUNDS = int(os.environ.get("CRASH_RENAME_ROUNDS", "8"))
+RENAME_ROUNDS = int(os.environ.get("CRASH_RENAME_ROUNDS", "6"))
 MULTIPART_ROUNDS = int(os.environ.get("CRASH_MULTIPART_ROUNDS", "4"))
 #: Shifts every seed (the soak script runs new kill points each pass).
 SEED_BASE = int(os.environ.get("CRASH_SEED_BASE", "0"))
@@ -282,8 +282,8 @@ def test_rename_intents_are_settled(local_url: str) -> None:
 
 # -- checkpoint restore and fork (issue 7, round 2) -------------------------------------------
 
-RESTORE_ROUNDS = int(os.environ.get("CRASH_RESTORE_ROUNDS", "5"))
-FORK_ROUNDS = int(os.environ.get("CRASH_FORK_ROUNDS", "5"))
+RESTORE_ROUNDS = int(os.environ.get("CRASH_RESTORE_ROUNDS", "3"))
+FORK_ROUNDS = int(os.environ.get("CRASH_FORK_ROUNDS", "3"))
 
 
 def _tree(url: str, ws: str) -> dict[str, str] | None:
