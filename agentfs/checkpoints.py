@@ -443,6 +443,7 @@ async def materialise(ws: Workspace, caller: Caller | None = None, *, limit: int
 
         async def one(path: str, node: Node) -> None:
             e = node.entry
+            await ws.garbage.claim(ws.key(path))  # issue 6: a pending delete of the key runs first
             for key, etag in _candidates(ws, path, e):
                 try:
                     info = await ws._io(ws.store.copy, key, ws.key(path), if_match=etag)

@@ -11,6 +11,9 @@ Now the rename first writes a :class:`~agentfs.models.RenameIntent` at
 (run by every scan, so at mount time, periodically and by ``agentfs check
 --repair``) handles the intents it finds:
 
+- committed in the journal this workspace applied: the rename happened; the
+  intent is removed at once (issue 6: the old keys and the intent are deleted
+  after the syscall returns, so a crash can leave a committed intent behind);
 - in progress in this mount, or younger than :data:`GRACE` (``AGENTFS_INTENT_GRACE``,
   default 600 s; a rename of a huge tree on S3 may take long): a rename may be
   in progress: its keys are returned so the scan does not adopt them;
@@ -96,10 +99,18 @@ async def settle(ws: Workspace, now: float, active: set[str], grace: float = GRA
     for key, intent in await ws._io(pending, ws.journal):
         if intent is None:
             continue
-        if intent.id in active or now - intent.time < grace:
+        if intent.id in active:
             protect.update(intent.keys)
             continue
-        if await ws._io(_committed, ws.journal, intent):
+        if intent.id in ws.committed_intents:
+            # issue 6: its commit is in the journal we applied (the old keys are
+            # deleted after the syscall; a crash can leave the intent behind).
+            log.info("workspace %s: rename %s -> %s was committed; intent removed",
+                     ws.name, intent.src, intent.dst)
+        elif now - intent.time < grace:
+            protect.update(intent.keys)
+            continue
+        elif await ws._io(_committed, ws.journal, intent):
             log.info("workspace %s: rename %s -> %s was committed; intent removed",
                      ws.name, intent.src, intent.dst)
         else:

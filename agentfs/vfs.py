@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints, groupcommit
+from agentfs import agentstate, checkpoints, garbage, groupcommit
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -133,6 +133,8 @@ class FileSystem:
         #: issue 6: deferred group commit of closes (agentfs/groupcommit.py); set
         #: when the flusher task runs (run_background): without it, closes commit.
         self.flusher: groupcommit.Flusher | None = None
+        #: issue 6: deletes garbage keys in the background (agentfs/garbage.py)
+        self.collector: garbage.Collector | None = None
         self.leases.before_release = self._flush_deferred_of
 
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
@@ -181,6 +183,7 @@ class FileSystem:
             ws.on_change = self._on_change
             ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
             ws.flusher = self.flusher  # issue 6: closes do not wait for their journal record
+            ws.garbage.collector = self.collector  # issue 6: old keys deleted after the syscall
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -655,6 +658,11 @@ class FileSystem:
             for ws in self.workspaces.values():
                 ws.flusher = self.flusher
             nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
+        if not self.read_only:  # issue 6
+            self.collector = garbage.Collector()
+            for ws in self.workspaces.values():
+                ws.garbage.collector = self.collector
+            nursery.start_soon(self.collector.run, lambda: list(self.workspaces.values()))
 
     async def fsyncdir(self, fh: int) -> None:
         """issue 6: fsync of a directory makes the entries of earlier closes durable

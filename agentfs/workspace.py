@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, groupcommit, intents
+from agentfs import agentstate, checkpoints, garbage, groupcommit, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -271,6 +271,8 @@ class Workspace:
         self.recent = agentstate.RecentChanges()
         #: issue 7: ids of this mount's rename intents in progress (agentfs/intents.py).
         self._renaming: set[str] = set()
+        #: ids of rename intents whose commit this workspace applied (settled at once by a scan)
+        self.committed_intents: set[str] = set()
 
         #: locks (issue 4): called before every upload with (path, caller); raises
         #: Fenced when the caller's lease on path was taken over (set by the mount).
@@ -281,6 +283,9 @@ class Workspace:
         self.flusher: groupcommit.Flusher | None = None
         #: issue 6: deferred records of the batch being written (not yet applied from it)
         self._inflight: list[Record] = []
+        #: issue 6: deletes of committed garbage (old keys of unlinks and renames),
+        #: drained by the mount's collector after the syscall returned (agentfs/garbage.py)
+        self.garbage = garbage.Garbage(self)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -341,6 +346,8 @@ class Workspace:
         self.ns.seq = commit.seq  # before apply: it stamps versions and checkpoints with it
         for r in commit.records:
             ch.merge(self.ns.apply(r.op, r.time))
+            if "intent" in r.detail:
+                self.committed_intents.add(r.detail["intent"])
         self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
         if self._inflight or self._queue:
             # issue 6: the local view is the journal plus our deferred records,
@@ -841,6 +848,7 @@ class Workspace:
                     cond = {}
                 else:
                     await checkpoints.preserve(self, path, node.entry)
+            await self.garbage.claim(key)  # issue 6: a pending delete of this key runs first
             try:
                 info, sha = await self._put_local(of, key, size, cond)
             except PreconditionFailed:
@@ -1044,7 +1052,7 @@ class Workspace:
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
             if node.entry.kind == "f" and node.entry.etag is not None:
-                await self._delete_keys([(self.key(path), node.entry.etag)])
+                await self.garbage.add([(self.key(path), node.entry.etag)])
 
     async def rmdir(self, parent: Node, name: str, caller: Caller) -> None:
         self._writable()
@@ -1123,8 +1131,11 @@ class Workspace:
             async def copy_one(rel: str, n: Node) -> None:
                 old_key = n.entry.data_key or self.key(join(src_path, rel) if rel else src_path)
                 new_key = self.key(join(dst_path, rel) if rel else dst_path)
+                await self.garbage.claim(new_key)  # issue 6: a pending delete of new_key runs first
                 try:
-                    info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag)
+                    # the committed size spares S3 a HEAD of the source (issue 6)
+                    info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag,
+                                          size=n.entry.size)
                 except PreconditionFailed:
                     raise Stale("the file changed in the store during the rename", path=old_key) from None
                 etags[rel] = info.etag
@@ -1161,17 +1172,18 @@ class Workspace:
                 if of is not None and of.base_etag == old_etags[rel]:
                     of.base_etag = etags.get(rel)
             # 3. the old keys are garbage now (and the replaced file's, unless a copy took it)
-            garbage = [(self.key(join(src_path, rel) if rel else src_path), old_etags[rel])
-                       for rel, _ in files]
+            old_keys = [(self.key(join(src_path, rel) if rel else src_path), old_etags[rel])
+                        for rel, _ in files]
             if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
-                garbage.append((self.key(dst_path), dst.entry.etag))
-            await self._delete_keys(garbage)
+                old_keys.append((self.key(dst_path), dst.entry.etag))
+            # issue 6: deleted after the syscall returns (agentfs/garbage.py); a crash
+            # first leaves tombstoned leftovers and a committed intent, which scans settle.
             if intent is not None:
                 self._renaming.discard(intent.id)
-                try:
-                    await self._io(intents.end, self.journal, intent)
-                except AgentFSError as e:  # settled later by a scan: the commit is there
-                    log.warning("workspace %s: could not remove rename intent: %s", self.name, e)
+            try:
+                await self.garbage.add(old_keys, intent)
+            except AgentFSError as e:  # settled later by a scan: the commit is there
+                log.warning("workspace %s: could not remove the rename's old keys: %s", self.name, e)
 
     # -- whole-workspace operations ---------------------------------------------------
 
@@ -1189,6 +1201,11 @@ class Workspace:
         finally:
             with trio.CancelScope(shield=True):
                 await self.flush_deferred()  # issue 6: closed files' records reach the journal
+                if len(self.garbage):
+                    try:  # issue 6: no leftovers after an unmount (else the scan removes them)
+                        await self.garbage.drain()
+                    except Exception as e:  # nurseries wrap store errors
+                        log.warning("workspace %s: deleting garbage: %s", self.name, e)
 
     @property
     def pending_retries(self) -> int:

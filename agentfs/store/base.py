@@ -122,11 +122,13 @@ class ObjectStore(abc.ABC):
         trailing slash."""
 
     @abc.abstractmethod
-    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
+    def copy(self, src: str, dst: str, *, if_match: str | None = None,
+             size: int | None = None) -> ObjectInfo:
         """Server-side copy (a hard link or file copy on a local store).
 
         ``if_match`` guards the *source* version.  The destination is replaced
-        unconditionally.
+        unconditionally.  ``size``: the size of version ``if_match`` when the
+        caller knows it (a backend may then skip reading the source's metadata).
         """
 
     @abc.abstractmethod

@@ -208,8 +208,9 @@ class FaultyStore(ObjectStore):
         return self._call("put", key,
                           lambda: self.inner.put_file(key, path, if_absent=if_absent, if_match=if_match))
 
-    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
-        return self._call("copy", dst, lambda: self.inner.copy(src, dst, if_match=if_match))
+    def copy(self, src: str, dst: str, *, if_match: str | None = None,
+             size: int | None = None) -> ObjectInfo:
+        return self._call("copy", dst, lambda: self.inner.copy(src, dst, if_match=if_match, size=size))
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         self._call("delete", key, lambda: self.inner.delete(key, if_match=if_match))

@@ -165,7 +165,9 @@ class MemoryStore(ObjectStore):
                 chunks.append(chunk)
         return self._install(key, b"".join(chunks), if_absent, if_match)
 
-    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
+    def copy(self, src: str, dst: str, *, if_match: str | None = None,
+             size: int | None = None) -> ObjectInfo:
+        del size
         self.check_key(src)
         self.check_key(dst)
         with self._b.lock:

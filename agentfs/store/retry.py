@@ -271,9 +271,10 @@ class RetryingStore(ObjectStore):
             theirs.update(self.inner.get(key, lo, min(size, lo + 8 * _CHUNK)))
         return mine.digest() == theirs.digest()
 
-    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
+    def copy(self, src: str, dst: str, *, if_match: str | None = None,
+             size: int | None = None) -> ObjectInfo:
         # idempotent: the destination is replaced unconditionally
-        return self._run("copy", dst, lambda: self.inner.copy(src, dst, if_match=if_match))[0]
+        return self._run("copy", dst, lambda: self.inner.copy(src, dst, if_match=if_match, size=size))[0]
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         retried = False

@@ -543,9 +543,14 @@ class S3Store(ObjectStore):
             log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
         return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
 
-    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
+    def copy(self, src: str, dst: str, *, if_match: str | None = None,
+             size: int | None = None) -> ObjectInfo:
         self.check_key(src)
         self.check_key(dst)
+        if if_match is not None and size is not None and src != dst and size <= self.copy_threshold:
+            # The caller knows the version: CopySourceIfMatch checks it, no HEAD first.
+            return self._copy_single(src, dst, ObjectInfo(key=src, size=size, etag=if_match, mtime=0.0),
+                                     if_match)
         if src == dst:  # S3 refuses a plain self-copy; the result is the object itself
             info = self.head(src)
             if if_match is not None and info.etag != if_match:
