@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from agentfs.workspace import Workspace
 
 __all__ = ["DELAY", "ENABLED", "MAX_AGE", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPED", "YOUNG", "Flusher", "apply_locally",
-           "await_record", "may_defer"]
+           "await_record", "may_defer", "rides_along"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,20 @@ def may_defer(ws: Workspace, path: str) -> bool:
         return False
     tomb = ws.ns.tombstones.get(path)
     return tomb is None or time.time() - tomb > TOMB_GUARD
+
+
+def rides_along(ws: Workspace, node: Node, path: str) -> bool:
+    """May a metadata change (chmod, chown, utimens) of ``node`` join the
+    deferred queue instead of committing before it returns?
+
+    Yes when the file's own last record is itself deferred (a close whose
+    record is not written yet: ``vseq`` is :data:`UNSTAMPED`): the change is
+    then exactly as durable as that record (a crash before the batch brings the
+    file back with default metadata either way) and lands in the same batch.
+    ``tar x``, ``cp -p`` and ``rsync -a`` set times (and modes) right after
+    each close: one store request per file instead of two.
+    """
+    return (node.entry.kind == "f" and node.entry.vseq == UNSTAMPED and may_defer(ws, path))
 
 
 def apply_locally(ws: Workspace, records: Iterable[Record]) -> None:

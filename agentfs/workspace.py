@@ -972,7 +972,11 @@ class Workspace:
                 node.entry = new  # committed with the data on first flush
                 return
             path = self._path(node)
-            await self.commit([self.record(action, PutOp(path=path, entry=new), caller, **detail)])
+            records = [self.record(action, PutOp(path=path, entry=new), caller, **detail)]
+            if action == "setattr" and groupcommit.rides_along(self, node, path):
+                self.commit_deferred(records)  # issue 6: as durable as the record it follows
+                return
+            await self.commit(records)
 
     # -- xattrs -------------------------------------------------------------------
 

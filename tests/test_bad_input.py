@@ -349,6 +349,14 @@ def test_damaged_state_snapshot(local: str, damage: str) -> None:
 P = "user.agentfs."
 
 
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def store_fingerprint(url: str) -> dict[str, str]:
     """Every object but the mount's own bookkeeping that may change at any time
     (STATE.md, which is rewritten in the background)."""
@@ -363,7 +371,7 @@ def test_malformed_typed_state_payloads(mounter: Callable[..., Mount], local: st
     f.write_bytes(b"x")
     os.setxattr(f, P + "status", b"draft")
     os.setxattr(f, P + "owner", b"agent-1")
-    os.sync()
+    fsync_dir(root)  # the close's deferred journal record is committed (os.sync() does not reach FUSE)
     before = store_fingerprint(local)
     bad: list[tuple[Path, str, bytes]] = [
         (f, "status", b"\xff\xfe"), (f, "status", b""), (f, "status", b"   "), (f, "status", b'"draft'),
@@ -405,7 +413,7 @@ def test_lock_payloads_garbage_and_huge(mounter: Callable[..., Mount], local: st
     root.mkdir()
     f = root / "locked.txt"
     f.write_bytes(b"data")
-    os.sync()
+    fsync_dir(root)  # the close's deferred journal record is committed (os.sync() does not reach FUSE)
     before = store_fingerprint(local)
     for value in (b"", b" ", b"xyz", b"exclusive now", b"shared wait wait please", b"\xff\xfe",
                   b"exclusive\x00", b"wait", b"break now", b"EXCLUSIVE " + b"x" * 60_000,

@@ -152,6 +152,50 @@ def test_small_file_creates_cost_about_one_request_each(tmp_path: Path, n: int) 
     trio.run(main)
 
 
+def test_times_and_modes_set_right_after_close_ride_along(tmp_path: Path) -> None:
+    """tar x / cp -p / rsync -a set times and modes right after each close: the
+    change joins the file's deferred record (one request per file, not two); a
+    setattr of a file whose record is committed still commits before it returns."""
+    store = Counting()
+    me = Caller.current("t")
+    n = 100
+
+    async def main() -> None:
+        ws = await _ws(store, tmp_path / "a")
+        await ws.mkdir(ws.ns.root, "d", 0o755, me)
+        before = store.total
+
+        async def body() -> None:
+            for i in range(n):
+                await _write_file(ws, f"d/f{i:03d}", b"t" * 512, me)
+                node = ws.resolve(f"d/f{i:03d}")
+                await ws.setattr(node, me, mtime_ns=1_000_000_000 * (1000 + i), atime_ns=1)
+                await ws.setattr(node, me, mode=0o600)
+
+        await _with_flusher(ws, body)
+        per_file = (store.total - before) / n
+        assert per_file <= 1.1, f"{per_file:.3f} requests per file ({store.calls})"
+
+        fresh = await _ws(store, tmp_path / "b")
+        assert _tree(fresh) == _tree(ws)
+        for i in (0, 57, n - 1):
+            e = fresh.resolve(f"d/f{i:03d}").entry
+            assert (e.mode, e.mtime_ns) == (0o600, 1_000_000_000 * (1000 + i))
+
+        # A committed file: the change is in the journal when setattr returns.
+        async def committed() -> None:
+            node = ws.resolve("d/f000")
+            assert node.entry.vseq >= 0
+            await ws.setattr(node, me, mode=0o640)
+            assert ws.deferred_pending == 0
+
+        await _with_flusher(ws, committed, Flusher(delay=3600, max_pending=10**6), flush_at_end=False)
+        again = await _ws(store, tmp_path / "c")
+        assert again.resolve("d/f000").entry.mode == 0o640
+
+    trio.run(main)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.002])
 def test_appends_while_batches_are_in_flight(tmp_path: Path, delay: float) -> None:
     """open(append)/write/close in a loop while the flusher writes batches:
