@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# agentfs beside its peers, through the shared harness (/work/shared/bench, agentbench).
+#
+#   sudo bash benchmarks/peers.sh [REPS] [extra agentbench args...]
+#
+# Two runs on the same machine, one after the other, each with its own fair peers:
+#   1. durable (default mount):  local, passthrough, agentfs, juicefs (durable close), rclone-writes
+#   2. --writeback mount:        local, passthrough, agentfs --writeback, rclone-writes
+# Each run writes its table to benchmarks/results/peers-DATE-{durable,writeback}.md (and the
+# raw .json); the harness prints the tables too.  Needs the harness set up once
+# (`sudo /work/shared/bench/setup.sh`) and this repo's .venv (scripts/setup.sh).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+BENCH=${AGENTBENCH_DIR:-/work/shared/bench}
+REPS=${1:-3}
+shift || true
+OUT="$HERE/results"
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+[ -x "$BENCH/_local/venv/bin/python" ] || { echo "peers.sh: run $BENCH/setup.sh first" >&2; exit 2; }
+
+run() {  # run LABEL TARGETS [mount args for agentfs...]
+    local label=$1 targets=$2
+    shift 2
+    echo "== $label: $targets (agentfs mount args: ${*:-none})"
+    (cd "$BENCH" && AGENTFS_CMD="$HERE/agentfs-foreground" AGENTFS_MOUNT_ARGS="$*" \
+        _local/venv/bin/python -m agentbench run --targets "$targets" --reps "$REPS" \
+        --out "$OUT/peers-$STAMP-$label" $EXTRA)
+}
+
+EXTRA="$*"
+run durable local,passthrough,agentfs,juicefs,rclone-writes
+if "$HERE/../.venv/bin/agentfs" mount --help 2>/dev/null | grep -q -- --writeback; then
+    run writeback local,passthrough,agentfs,rclone-writes --writeback
+fi
+ls -1 "$OUT"/peers-"$STAMP"-* 2>/dev/null || true
