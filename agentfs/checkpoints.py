@@ -165,12 +165,11 @@ FENCE = 0.1
 
 async def fence(ws: Workspace) -> None:
     """Catch up with the journal unless done within :data:`FENCE` seconds (one
-    GET, usually answering "no new commit")."""
-    now = time.monotonic()
-    if now - getattr(ws, "_cp_fenced_at", -1e9) < FENCE or ws.read_only:
+    GET, usually answering "no new commit").  Any pull (the mount's tail) and
+    any commit of this workspace count as catching up (``Workspace.caught_up_at``)."""
+    if time.monotonic() - ws.caught_up_at < FENCE or ws.read_only:
         return
     await ws.pull()
-    ws._cp_fenced_at = now  # type: ignore[attr-defined]
 
 
 async def preserve(ws: Workspace, path: str, entry: Entry) -> None:

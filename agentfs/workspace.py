@@ -273,6 +273,9 @@ class Workspace:
         self._renaming: set[str] = set()
         #: ids of rename intents whose commit this workspace applied (settled at once by a scan)
         self.committed_intents: set[str] = set()
+        #: monotonic time before which every commit is known here (a pull that
+        #: found nothing newer, or a commit that took the next number)
+        self.caught_up_at = -1e9
 
         #: locks (issue 4): called before every upload with (path, caller); raises
         #: Fenced when the caller's lease on path was taken over (set by the mount).
@@ -366,6 +369,7 @@ class Workspace:
     async def _pull_locked(self) -> int:
         # Callers hold _commit_lock: the position only moves under it.
         n = 0
+        started = time.monotonic()
         while True:
             try:
                 c = await self._io(self.journal.fetch, self.ns.seq + 1)
@@ -373,6 +377,7 @@ class Workspace:
                 log.error("workspace %s: %s; stopping the tail here", self.name, e)
                 return n
             if c is None:
+                self._caught_up(started)
                 return n
             self._apply(c, notify=True)
             n += 1
@@ -432,11 +437,19 @@ class Workspace:
         if self.deferred_pending:
             await self.commit([])
 
+    def _caught_up(self, since: float) -> None:
+        """Every commit made before monotonic time ``since`` has been applied."""
+        self.caught_up_at = max(self.caught_up_at, since)
+
     async def _write_batch(self, records: list[Record]) -> None:
         while True:
             seq = self.ns.seq + 1
             c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
+            started = time.monotonic()
             if await self._io(self.journal.append, c):
+                # Taking seq means no commit before it was unknown to us (issue 6:
+                # this spares the checkpoint fence a GET, see checkpoints.fence).
+                self._caught_up(started)
                 self._inflight = []  # issue 6: applied from the commit now
                 self._apply(c, notify=False)
                 break
