@@ -6,7 +6,8 @@
 # Two runs on the same machine, one after the other, each with its own fair peers:
 #   1. durable (default mount):  local, passthrough, agentfs, juicefs (durable close), rclone-writes
 #   2. --writeback mount:        local, passthrough, agentfs --writeback, rclone-writes
-# Each run writes its table to benchmarks/results/peers-DATE-{durable,writeback}.md (and the
+# Before them, benchmarks/floor.py measures the request floor (N sequential 4 KiB PUTs) on
+# the same kind of server.  Each run writes its table to benchmarks/results/peers-DATE-{durable,writeback}.md (and the
 # raw .json); the harness prints the tables too.  Needs the harness set up once
 # (`sudo /work/shared/bench/setup.sh`) and this repo's .venv (scripts/setup.sh).
 set -euo pipefail
@@ -29,6 +30,7 @@ run() {  # run LABEL TARGETS [mount args for agentfs...]
 }
 
 EXTRA="$*"
+"$HERE/../.venv/bin/python" "$HERE/floor.py" | tee "$OUT/peers-$STAMP-floor.txt"
 run durable local,passthrough,agentfs,juicefs,rclone-writes
 if "$HERE/../.venv/bin/agentfs" mount --help 2>/dev/null | grep -q -- --writeback; then
     run writeback local,passthrough,agentfs,rclone-writes --writeback
