@@ -15,6 +15,11 @@ under ``.agentfs/<ws>/``.  This class owns the rules:
 - **New files** are local ("pending") until their first flush: other mounts see
   them on close (close-to-open consistency).
 
+Beside it: :mod:`agentfs.adoption` (the scan that reconciles natural keys with
+the journal, and adopting a version a reader found), :mod:`agentfs.garbage`
+(deleting old keys after the syscall), :mod:`agentfs.groupcommit` (closes that
+do not wait for their record), :mod:`agentfs.names` (valid names).
+
 Error contract: methods raise :class:`agentfs.errors.AgentFSError` subclasses
 (each carries its errno) and store errors from ``agentfs.store``.
 
@@ -41,12 +46,11 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, garbage, groupcommit, intents
+from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
     AlreadyExists,
-    BadName,
     CorruptRecord,
     Fenced,
     InvalidArgument,
@@ -63,7 +67,7 @@ from agentfs.errors import (
     TooBig,
 )
 from agentfs.identity import HOSTNAME, Caller
-from agentfs.journal import COMPACT_EVERY, META, Journal
+from agentfs.journal import COMPACT_EVERY, Journal
 from agentfs.models import (
     Commit,
     DelOp,
@@ -74,6 +78,7 @@ from agentfs.models import (
     decode_xattr,
     encode_xattr,
 )
+from agentfs.names import MAX_NAME, check_name, check_workspace_name
 from agentfs.namespace import Changes, InodeTable, Namespace, Node, join, split
 from agentfs.store.base import ObjectStore
 
@@ -89,36 +94,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 255
 MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 64 * 1024
 #: Files up to this size are uploaded from memory in one request.
 SMALL_FILE = 8 << 20
 _RETRY = object()
-#: How long an object must exist unknown to the journal before a scan adopts it
-#: (an upload whose commit is still on its way must not be adopted twice).
-ADOPT_GRACE = float(os.environ.get("AGENTFS_ADOPT_GRACE", "30"))
-
-
-def check_name(name: str) -> None:
-    """Raise unless ``name`` can be one path component."""
-    if not name or name in (".", ".."):
-        raise BadName("invalid name", path=name)
-    if "/" in name or "\0" in name:
-        raise BadName("name contains '/' or NUL", path=name)
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadName("name is not valid UTF-8", path=repr(name)) from None
-    if len(raw) > MAX_NAME:
-        raise NameTooLong("name longer than 255 bytes", path=name[:40] + "...")
-
-
-def check_workspace_name(name: str) -> None:
-    """A workspace name is a valid name that is not agentfs's own folder."""
-    check_name(name)
-    if name == META or name.startswith(".agentfs"):
-        raise BadName("reserved workspace name", path=name)
 
 
 @dataclass(slots=True)
@@ -681,37 +661,9 @@ class Workspace:
         return _RETRY
 
     async def _refresh_version(self, node: Node, key: str) -> None:
-        """The object at ``key`` is not the committed version: catch up with the
-        journal, and if it still disagrees, adopt what the store holds now (a
-        writer that crashed between upload and commit, or another tool)."""
-        old = node.entry.etag
-        await self.pull()
-        if node.entry.etag != old:
-            return
-        try:
-            info = await self._io(self.store.head, key)
-        except NotFound:
-            raise Stale("the object vanished from the store", path=key) from None
-        if info.etag == old:
-            return
-        if await groupcommit.await_record(self, node, old, info.mtime):
-            return  # issue 6: another mount's deferred commit arrived
-        path = self.ns.path_of(node)
-        if path is None:
-            raise Stale("file was removed", path=key)
-        mtime = int(info.mtime * 1e9)
-        entry = node.entry.model_copy(update={"size": info.size, "etag": info.etag, "sha256": None,
-                                              "mtime_ns": mtime, "ctime_ns": mtime})
-        log.warning("workspace %s: %s changed in the store without a journal record; adopting it",
-                    self.name, path)
-        if self.read_only:
-            node.entry = entry
-        else:
-            caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
-            await self.commit([self.record("external-write", PutOp(path=path, entry=entry), caller,
-                                           size=info.size, etag=info.etag)])
-        if self.on_change is not None:
-            self.on_change(Changes(inodes={node.ino}, data={node.ino}))
+        """The object at ``key`` is not the committed version (see
+        :func:`agentfs.adoption.refresh_version`)."""
+        await adoption.refresh_version(self, node, key)
 
     async def read(self, of_or_node: OpenFile | Node, off: int, size: int, *,
                    follow_changes: bool = False) -> bytes:
@@ -1229,87 +1181,8 @@ class Workspace:
         return len(self._retry)
 
     async def scan(self, *, now: float | None = None, changed_now: bool = False) -> int:
-        """Reconcile the natural keys with the journal (adoption of external writes).
-
-        Objects nobody committed are adopted after ``ADOPT_GRACE`` seconds as
-        external writes; leftovers of a crashed agentfs operation (tombstoned
-        keys) are deleted; a committed file whose object vanished twice in a
-        row is recorded as externally deleted.  Returns the number of records.
-        """
-        if self.read_only:
-            return 0
-        now = now or time.time()
-        prefix = self.key("")
-        # issue 7: interrupted renames are undone; keys of renames in progress wait
-        in_progress = await intents.settle(self, now, self._renaming)
-        objects = {o.key[len(prefix):]: o for o in await self._io(lambda: list(self.store.list(prefix)))}
-        # A rename that began while we listed has copies in the listing: every
-        # intent still there protects its keys (only protects; settled above).
-        in_progress |= {k for _, i in await self._io(intents.pending, self.journal) if i is not None
-                        for k in i.keys}
-        if changed_now:
-            # issue 6: commits made while we listed (a remove after its object
-            # was listed) are known before anything is adopted at once.
-            await self.pull()
-        caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
-        records: list[Record] = []
-        leftovers: list[tuple[str, str]] = []
-        for path, o in objects.items():
-            if not path or path.endswith("/"):
-                continue  # directory marker objects from other tools
-            try:
-                for part in path.split("/"):
-                    check_name(part)
-            except (BadName, NameTooLong):
-                log.warning("workspace %s: cannot adopt object with invalid name %r", self.name, path)
-                continue
-            node = self.ns.resolve(path)
-            if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
-                continue
-            if node is not None and node.entry.data_key:
-                continue  # checkpoints: awaiting materialisation; the key holds garbage
-            if node is not None and (node.pending or node.ino in self.open_files):
-                continue
-            if o.key in in_progress:
-                continue
-            if now - o.mtime < ADOPT_GRACE and not changed_now:
-                # maybe an upload whose commit is on its way.  At mount
-                # (``changed_now``) untracked objects are adopted at once: a
-                # close whose deferred commit a crash lost (issue 6), or a
-                # writer that crashed between upload and commit.
-                continue
-            tomb = self.ns.tombstones.get(path)
-            if node is None and tomb is not None and o.mtime <= tomb + 1:
-                leftovers.append((o.key, o.etag))
-                continue
-            if node is not None and node.entry.kind != "f":
-                log.warning("workspace %s: object %s shadows a %s; not adopted", self.name, path,
-                            "directory" if node.is_dir else "symlink")
-                continue
-            mtime = int(o.mtime * 1e9)
-            base = node.entry if node is not None else Entry(kind="f", mode=0o644, uid=os.getuid(), gid=os.getgid())
-            entry = base.model_copy(update={"size": o.size, "etag": o.etag, "sha256": None,
-                                            "mtime_ns": mtime, "ctime_ns": mtime})
-            records.append(self.record("external-write", PutOp(path=path, entry=entry), caller,
-                                       size=o.size, etag=o.etag))
-        seen_missing: set[str] = set()
-        for path, node in list(self.ns.walk()):
-            if node.entry.kind == "f" and node.entry.etag is not None and not node.pending and path not in objects \
-                    and not node.entry.data_key:
-                if node.ino in self.open_files:
-                    continue
-                if path in self._missing_seen:
-                    records.append(self.record("external-delete", DelOp(path=path), caller))
-                else:
-                    seen_missing.add(path)
-        self._missing_seen = seen_missing
-        if records:
-            await self.commit(records)
-            log.info("workspace %s: adopted %d external changes", self.name, len(records))
-        if leftovers:
-            await self._delete_keys(leftovers)
-            log.info("workspace %s: removed %d leftover objects", self.name, len(leftovers))
-        return len(records)
+        """Reconcile the natural keys with the journal (see :func:`agentfs.adoption.scan`)."""
+        return await adoption.scan(self, now=now, changed_now=changed_now)
 
 
 def _sha256_file(path: str, size: int) -> str:
