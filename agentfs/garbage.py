@@ -67,15 +67,23 @@ class Garbage:
         return len(self._keys) + len(self._intents)
 
     async def add(self, keys: list[tuple[str, str | None]], intent: RenameIntent | None = None) -> None:
-        """Queue deletes of committed garbage (drained now without a collector)."""
+        """Queue deletes of committed garbage (drained now without a collector).
+
+        Never raises for store trouble: the operation that made the garbage is
+        committed already."""
         for key, etag in keys:
             self._keys[key] = etag
         if intent is not None:
             self._intents.append(intent)
         if self.collector is not None:
             self.collector.notify()
-        else:
+            return
+        try:
             await self.drain()
+        except Exception as e:  # store errors arrive wrapped by nurseries
+            # The operation is committed; what is left is removed by a later
+            # drain or by the adoption scan (tombstoned leftovers).
+            log.warning("workspace %s: deleting garbage: %s; left for later", self._ws.name, e)
 
     async def claim(self, key: str) -> None:
         """Run the pending delete of ``key`` now, if any (before writing ``key``)."""

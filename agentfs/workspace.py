@@ -49,7 +49,6 @@ import trio
 from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents
 from agentfs.cache import Cache
 from agentfs.errors import (
-    AgentFSError,
     AlreadyExists,
     CorruptRecord,
     Fenced,
@@ -1149,10 +1148,7 @@ class Workspace:
             # first leaves tombstoned leftovers and a committed intent, which scans settle.
             if intent is not None:
                 self._renaming.discard(intent.id)
-            try:
-                await self.garbage.add(old_keys, intent)
-            except AgentFSError as e:  # settled later by a scan: the commit is there
-                log.warning("workspace %s: could not remove the rename's old keys: %s", self.name, e)
+            await self.garbage.add(old_keys, intent)
 
     # -- whole-workspace operations ---------------------------------------------------
 
