@@ -14,8 +14,8 @@ is queued (no batching delay: the window in which another mount may still
 find the old object is what it was).  Without a collector (library use, the
 Python API, the CLI) :meth:`Garbage.add` callers drain inline.
 
-The one rule: a key with a delete pending must not be written before that
-delete ran.  Deletes are conditional on the garbage version's etag, and a new
+The one rule: a key with a delete pending (queued or running) must not be
+written before that delete finished.  Deletes are conditional on the garbage version's etag, and a new
 object at the same key can have the same etag (S3 gives a copy of the same
 bytes the same MD5 etag; a local store gives a hard link the same
 inode/mtime/size), so a late delete could remove the new object.  Every
@@ -60,6 +60,8 @@ class Garbage:
         self._ws = ws
         self._keys: dict[str, str | None] = {}
         self._intents: list[RenameIntent] = []
+        #: deletes running now: a writer of one of these keys waits for it
+        self._running: dict[str, list[trio.Event]] = {}
         #: set by the mount: drains in the background; None: callers drain inline
         self.collector: Collector | None = None
 
@@ -86,10 +88,29 @@ class Garbage:
             log.warning("workspace %s: deleting garbage: %s; left for later", self._ws.name, e)
 
     async def claim(self, key: str) -> None:
-        """Run the pending delete of ``key`` now, if any (before writing ``key``)."""
+        """Before writing ``key``: run its pending delete now, or wait for the
+        one running (raises the store's error; the delete stays queued)."""
+        while self._running.get(key):
+            await self._running[key][0].wait()
         if key in self._keys:
-            etag = self._keys.pop(key)
-            await self._ws._delete_keys([(key, etag)])
+            await self._delete([(key, self._keys.pop(key))])
+
+    async def _delete(self, keys: list[tuple[str, str | None]]) -> None:
+        events = [(k, trio.Event()) for k, _ in keys]
+        for k, ev in events:
+            self._running.setdefault(k, []).append(ev)
+        try:
+            await self._ws._delete_keys(keys)
+        except BaseException:
+            for k, e in keys:
+                self._keys.setdefault(k, e)
+            raise
+        finally:
+            for k, ev in events:
+                self._running[k].remove(ev)
+                if not self._running[k]:
+                    del self._running[k]
+                ev.set()
 
     async def drain(self) -> None:
         """Delete everything queued; what fails stays queued (raises the error)."""
@@ -98,10 +119,8 @@ class Garbage:
             done, self._intents = self._intents, []
             try:
                 if keys:
-                    await self._ws._delete_keys(keys)
+                    await self._delete(keys)
             except BaseException:
-                for k, e in keys:
-                    self._keys.setdefault(k, e)
                 self._intents[:0] = done
                 raise
             for i, intent in enumerate(done):
