@@ -57,6 +57,22 @@ def test_key_reused_while_its_delete_is_pending(mounter: Callable[..., Mount], s
     assert (m2.path / "ws" / "c").read_bytes() == data
 
 
+def test_key_reused_while_its_delete_is_running(mounter: Callable[..., Mount], store_url: str) -> None:
+    """Every delete takes 1.5 s (injected latency): the rename back copies onto a key
+    whose conditional delete is already on its way, with the same etag."""
+    m = mounter(store_url, env={"AGENTFS_FAULTS": "seed=1,spike=1,latency=1.5,ops=delete"})
+    ws = m.path / "ws"
+    ws.mkdir()
+    data = b"same bytes again\n" * 50
+    (ws / "a").write_bytes(data)
+    os.rename(ws / "a", ws / "b")
+    time.sleep(0.3)  # the collector is inside the slow delete of ws/a now
+    os.rename(ws / "b", ws / "a")
+    time.sleep(3.5)
+    assert (ws / "a").read_bytes() == data
+    assert _keys(store_url, "ws/") == {"ws/a"}
+
+
 def test_unmount_drains_pending_deletes(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, env={"AGENTFS_GARBAGE_DELAY": "60"})
     ws = m.path / "ws"

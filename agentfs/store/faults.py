@@ -22,7 +22,8 @@ counts requests and injected faults.
 
 Selecting fault mode for a real mount: the environment variable
 ``AGENTFS_FAULTS`` (read by :func:`agentfs.store.open_store`), e.g.
-``AGENTFS_FAULTS="seed=1,rate=0.05,spike=0.01,latency=0.2,after=0.5,outage_file=/tmp/x"``.
+``AGENTFS_FAULTS="seed=1,rate=0.05,spike=0.01,latency=0.2,after=0.5,outage_file=/tmp/x"``;
+``ops=delete+copy`` limits the errors and spikes to those operations.
 Unset (the default) means no fault injection at all.
 
 Concurrency: thread-safe (the RNG and counters are guarded by a lock; the
@@ -71,6 +72,8 @@ class FaultConfig:
     latency: float = 0.0
     after: float = 0.5
     outage_file: str = ""
+    #: only these operations ("+"-separated, e.g. "delete+copy"); empty: all
+    ops: str = ""
 
     def __post_init__(self) -> None:
         for name in ("rate", "spike", "after"):
@@ -91,7 +94,7 @@ class FaultConfig:
                 raise InvalidArgument(f"invalid {ENV_FAULTS} item {item!r} (known: {sorted(types)})")
             try:
                 kw[name] = (int(value) if name == "seed" else
-                            value.strip() if name == "outage_file" else float(value))
+                            value.strip() if name in ("outage_file", "ops") else float(value))
             except ValueError:
                 raise InvalidArgument(f"invalid {ENV_FAULTS} value {item!r}") from None
         return cls(**kw)
@@ -167,6 +170,10 @@ class FaultyStore(ObjectStore):
                 self.stats["outage"] += 1
             raise StoreUnavailable(f"injected fault: {op} failed: store unreachable (outage)",
                                    path=key)
+        if self.config.ops and op not in self.config.ops.split("+"):
+            with self._lock:
+                self.stats["requests"] += 1
+            return fn()
         spike, fault, after = self._decide()
         if spike:
             time.sleep(self.config.latency)
