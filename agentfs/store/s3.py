@@ -34,9 +34,9 @@ error code, then HTTP status):
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import email.utils
+import io
 import logging
 import os
 import threading
@@ -64,12 +64,14 @@ try:  # aiobotocore's default HTTP backend
 except ImportError:  # pragma: no cover - other HTTP backends
     _AIOHTTP_ERRORS = ()
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "read_part"]
 
 log = logging.getLogger(__name__)
 
 #: Default size of one uploaded part (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts).
-PART_SIZE = 16 * 1024 * 1024
+#: issue 6: 8 MiB (was 16): the server's cost is the same, and at most
+#: ``max_parallel_parts`` parts are in memory at once.
+PART_SIZE = 8 * 1024 * 1024
 #: S3's limit for a single CopyObject; larger objects are copied in parts.
 COPY_THRESHOLD = 5 * 1024**3
 COPY_PART_SIZE = 512 * 1024**2
@@ -169,6 +171,31 @@ def _map_error(exc: BaseException, op: str, where: str,
         return NotFound("no such object", path=where)
     detail = _one_line(scrub(f"{type(exc).__name__}: {exc}"))
     return StoreError(f"S3 {op} failed: {detail}", path=where)
+
+
+def read_part(fd: int, off: int, size: int) -> io.BytesIO:
+    """Bytes ``[off, off+size)`` of an open file as an upload body, read straight
+    into the body's own buffer (issue 6: one copy in memory per part).
+
+    A ``bytes`` body costs two: botocore wraps it in a BytesIO that shares it,
+    and aiohttp's ``getbuffer()`` on that BytesIO unshares (copies) it.
+    Raises StoreError if the file is shorter than ``off + size``.
+    """
+    body = io.BytesIO()
+    if size > 0:
+        body.seek(size - 1)
+        body.write(b"\0")  # one allocation of exactly `size` bytes, owned by the BytesIO
+        with body.getbuffer() as view:
+            got = 0
+            while got < size:
+                n = os.preadv(fd, [view[got:]], off + got)
+                if n <= 0:
+                    break
+                got += n
+        if got != size:
+            raise StoreError(f"upload source shrank while being read ({got} of {size} bytes)")
+        body.seek(0)
+    return body
 
 
 def _etag(resp: dict[str, Any]) -> str:
@@ -459,10 +486,13 @@ class S3Store(ObjectStore):
         except OSError as e:
             raise StoreError(f"cannot read upload source: {e.strerror or e}", path=path) from e
         if size < self.multipart_threshold:
-            with open(path, "rb") as f:
-                data = f.read()  # bounded by multipart_threshold
-            resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=data)
-            return ObjectInfo(key=key, size=len(data), etag=_etag(resp), mtime=_resp_time(resp))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                body = read_part(fd, 0, size)  # bounded by multipart_threshold
+            finally:
+                os.close(fd)
+            resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=body)
+            return ObjectInfo(key=key, size=size, etag=_etag(resp), mtime=_resp_time(resp))
         return self._put_multipart(key, path, size, cond, if_absent, if_match)
 
     def _precheck(self, key: str, if_absent: bool, if_match: str | None) -> None:
@@ -481,10 +511,45 @@ class S3Store(ObjectStore):
         if if_match is not None and (cur is None or cur.etag != if_match):
             raise PreconditionFailed("object is not the expected version", path=self._where(key))
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+    # -- multipart steps (put_file, and issue 6: agentfs/streaming.py) ---------
+
+    def mp_create(self, key: str) -> str:
+        """Start a multipart upload of ``key``; returns its upload id.  Nothing
+        is visible at ``key`` until :meth:`mp_complete`."""
+        self.check_key(key)
+        return str(self._call("create_multipart_upload", key, Key=self.prefix + key)["UploadId"])
+
+    def mp_part(self, key: str, upload_id: str, number: int, body: BinaryIO) -> dict[str, Any]:
+        """Upload part ``number`` (1-based) from ``body`` (see :func:`read_part`);
+        returns the part's entry for :meth:`mp_complete`.  Repeating it is harmless."""
         resp = self._call("upload_part", key, Key=self.prefix + key, UploadId=upload_id,
-                          PartNumber=number, Body=data)
+                          PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def mp_complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], total: int, *,
+                    if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """Make the uploaded parts the object at ``key``, atomically and under
+        the condition (PreconditionFailed otherwise; the upload then still
+        exists: abort it).  Returns the object's info as later reads see it."""
+        cond = self._conditions(key, if_absent, if_match)
+        resp = self._conditional("complete_multipart_upload", key, cond,
+                                 Key=self.prefix + key, UploadId=upload_id,
+                                 MultipartUpload={"Parts": parts})
+        etag = _etag(resp)
+        # Some S3 servers (rclone serve s3) answer the completion with a
+        # multipart-style ETag but report the object under another one: the
+        # version we record must be the one later If-Match conditions compare.
+        info = self.head(key)
+        if info.etag != etag:
+            if info.size != total:
+                raise PreconditionFailed("object was replaced right after its upload",
+                                         path=self._where(key))
+            log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
+        return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
+
+    def mp_abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload (its parts are dropped); never raises."""
+        self._abort(key, upload_id)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -498,50 +563,33 @@ class S3Store(ObjectStore):
         self._precheck(key, if_absent, if_match)
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         width = max(1, self.max_parallel_parts)
-        upload_id = self._call("create_multipart_upload", key, Key=self.prefix + key)["UploadId"]
+        upload_id = self.mp_create(key)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=width,
                                                      thread_name_prefix="agentfs-s3-part")
+        fd = -1
         try:
-            parts: list[dict[str, Any]] = []
-            inflight: collections.deque[concurrent.futures.Future[dict[str, Any]]] = \
-                collections.deque()
-            total = 0
-            number = 0
-            with open(path, "rb") as f:
-                while True:
-                    if len(inflight) >= width:  # bound: at most `width` parts in memory
-                        parts.append(inflight.popleft().result())
-                    data = f.read(part_size)
-                    if not data and number > 0:
-                        break
-                    number += 1
-                    total += len(data)
-                    inflight.append(pool.submit(self._upload_part, key, upload_id, number, data))
-                    if len(data) < part_size:
-                        break
-                    del data
-            while inflight:
-                parts.append(inflight.popleft().result())
-            resp = self._conditional("complete_multipart_upload", key, cond,
-                                     Key=self.prefix + key, UploadId=upload_id,
-                                     MultipartUpload={"Parts": parts})
+            fd = os.open(path, os.O_RDONLY)
+
+            def part(number: int, off: int) -> dict[str, Any]:
+                # read in the worker: at most `width` parts in memory, one copy each
+                body = read_part(fd, off, min(part_size, size - off))
+                return self.mp_part(key, upload_id, number, body)
+
+            futures = [pool.submit(part, i + 1, off)
+                       for i, off in enumerate(range(0, size, part_size))]
+            parts = [f.result() for f in futures]
+            info = self.mp_complete(key, upload_id, parts, size, if_absent=if_absent,
+                                    if_match=if_match)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             self._abort(key, upload_id)
             raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         pool.shutdown(wait=True)
-        log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), number, total)
-        etag = _etag(resp)
-        # Some S3 servers (rclone serve s3) answer the completion with a
-        # multipart-style ETag but report the object under another one: the
-        # version we record must be the one later If-Match conditions compare.
-        info = self.head(key)
-        if info.etag != etag:
-            if info.size != total:
-                raise PreconditionFailed("object was replaced right after its upload",
-                                         path=self._where(key))
-            log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
-        return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
+        log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), len(parts), size)
+        return info
 
     def copy(self, src: str, dst: str, *, if_match: str | None = None) -> ObjectInfo:
         self.check_key(src)
