@@ -45,6 +45,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any, Protocol
 
@@ -260,7 +261,10 @@ class Stream:
                 self._submit(off, n)
                 off += n
             self.next_off = size
+            t0 = time.monotonic()
+            backlog = sum(not f.done() for f in self._parts)
             parts = [f.result() for f in self._parts]
+            t1 = time.monotonic()
             with self._lock:
                 sha = self._sha.hexdigest()
             upload_id = self._created.result()
@@ -281,7 +285,9 @@ class Stream:
                 raise
             self.dead, self.why = True, "completed"
             self._close_fd()
-            log.debug("stream %s: completed, %d parts, %d bytes", self.key, len(parts), size)
+            log.debug("stream %s: completed, %d parts, %d bytes; at flush %d parts were not "
+                      "up yet (waited %.3fs), completion %.3fs", self.key, len(parts), size,
+                      backlog, t1 - t0, time.monotonic() - t1)
             return info, sha
         except PreconditionFailed:
             self.kill("condition failed", wait=True)

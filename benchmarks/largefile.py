@@ -116,7 +116,7 @@ class Mount:
             pyspy = str(Path(agentfs).parent / "py-spy")
             self.spy = subprocess.Popen(
                 [pyspy, "record", "-p", str(self.proc.pid), "-o", str(spy), "-f", "speedscope",
-                 "--threads", "-r", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 "--threads", "--gil", "-r", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
 
     def close(self) -> None:
