@@ -265,3 +265,22 @@ def test_the_entry_sha256_comes_from_the_streamed_parts(mounter: Callable[..., M
     for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=".agentfs/ws/log/").get("Contents", []):
         shas += _values(json.loads(_object(s3_client, bucket, o["Key"])), "sha256")
     assert hashlib.sha256(data).hexdigest() in shas
+
+
+def test_stream_under_transient_faults(mounter: Callable[..., Mount], s3_url: str,
+                                       s3_client: Any) -> None:
+    """Injected 500s, throttling, resets and timeouts (half of them after the
+    request was carried out) on the part uploads and the completion: the retry
+    layer repeats them, and every file is byte-exact with no upload left over."""
+    bucket = _bucket(s3_url)
+    env = {"AGENTFS_FAULTS": "seed=11,rate=0.2,after=0.5",
+           "AGENTFS_RETRY": "deadline=30,base=0.005,cap=0.1"}
+    m = mounter(s3_url, "--log-level", "debug", env=env)
+    (m.path / "ws").mkdir()
+    files = {f"f{i}.bin": random.Random(20 + i).randbytes(26 * MiB + i) for i in range(3)}
+    for name, data in files.items():
+        with open(m.path / "ws" / name, "wb", buffering=0) as f:
+            _write(f.fileno(), data)
+    for name, data in files.items():
+        assert _object(s3_client, bucket, f"ws/{name}") == data, name
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
