@@ -72,9 +72,19 @@ _MAX_PARTS = 10_000
 class _OpenFile(Protocol):
     """What this module uses of :class:`agentfs.workspace.OpenFile`."""
 
+    node: Any
     fd: int
     size: int
     stream: Stream | None
+
+
+class _Workspace(Protocol):
+    """What this module uses of :class:`agentfs.workspace.Workspace`."""
+
+    store: ObjectStore
+    ns: Any
+
+    def key(self, path: str) -> str: ...
 
 
 def supported(store: ObjectStore) -> bool:
@@ -317,15 +327,19 @@ class Stream:
 # -- hooks called by agentfs/workspace.py ------------------------------------------
 
 
-def wrote(store: ObjectStore, of: _OpenFile, key: str, off: int, n: int) -> None:
-    """After ``n`` bytes were written at ``off`` to ``of``'s working copy (whose
-    natural key is ``key``): start, feed or stop the file's stream."""
+def wrote(ws: _Workspace, of: _OpenFile, off: int, n: int) -> None:
+    """After ``n`` bytes were written at ``off`` to ``of``'s working copy in
+    workspace ``ws``: start, feed or stop the file's stream (cheap: called for
+    every write)."""
     st = of.stream
     if st is None:
         # only a file written from offset 0 into an empty working copy
-        if off != 0 or of.size != n or n == 0 or not supported(store):
+        if off != 0 or of.size != n or n == 0 or not supported(ws.store):
             return
-        st = of.stream = Stream(store, key)
+        path = ws.ns.path_of(of.node)
+        if path is None:
+            return
+        st = of.stream = Stream(ws.store, ws.key(path))
     st.wrote(off, n, of.fd)
 
 

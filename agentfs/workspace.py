@@ -741,10 +741,7 @@ class Workspace:
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
-        if of.stream is not None or off == 0:  # issue 6: upload finished parts in the background
-            path = self.ns.path_of(of.node)
-            if path is not None:
-                streaming.wrote(self.store, of, self.key(path), off, len(data))
+        streaming.wrote(self, of, off, len(data))  # issue 6: upload finished parts in the background
         return len(data)
 
     async def truncate(self, of: OpenFile, size: int) -> None:
