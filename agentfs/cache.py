@@ -134,9 +134,11 @@ class Cache:
                      if b not in bf.present and b not in bf.inflight]
         bf.last_end = end
         if ahead and self._nursery is not None:
-            for b in ahead:
-                if b == ahead[0] or b % RUN_BLOCKS == 0:  # one task per run (issue 6)
+            prev = -2
+            for b in ahead:  # issue 6: one task per run (a run starts aligned or after a gap)
+                if b % RUN_BLOCKS == 0 or b != prev + 1:
                     self._nursery.start_soon(self._readahead, bf, b, fetch)
+                prev = b
         else:
             want += ahead
         bf.users += 1
