@@ -186,7 +186,10 @@ class Stream:
         elif wait:
             self._abort()
         else:
-            self.pool.submit(self._abort)
+            try:
+                self.pool.submit(self._abort)
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                self._close_fd()
 
     def _submit(self, off: int, size: int) -> None:
         assert self.pool is not None
