@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 #: Blocks kept in flight ahead of a sequential reader.
-READAHEAD_BLOCKS = 16
-#: Concurrent background block fetches per mount (each is one ranged GET).
-READAHEAD_CONCURRENCY = 8
+#: issue 6: 32 (was 16), fetched RUN_BLOCKS at a time.
+READAHEAD_BLOCKS = 32
+#: issue 6: readahead fetches runs of this many aligned blocks in one ranged GET
+#: (4 MiB: a quarter of the requests, and half the client CPU, of 1 MiB GETs).
+RUN_BLOCKS = 4
+#: Concurrent background run fetches per mount (each is one ranged GET; each
+#: holds about two copies of a run in memory while it lands).
+READAHEAD_CONCURRENCY = 6
 
 
 class BlockFile:
@@ -129,8 +134,11 @@ class Cache:
                      if b not in bf.present and b not in bf.inflight]
         bf.last_end = end
         if ahead and self._nursery is not None:
-            for b in ahead:
-                self._nursery.start_soon(self._readahead, bf, b, fetch)
+            prev = -2
+            for b in ahead:  # issue 6: one task per run (a run starts aligned or after a gap)
+                if b % RUN_BLOCKS == 0 or b != prev + 1:
+                    self._nursery.start_soon(self._readahead, bf, b, fetch)
+                prev = b
         else:
             want += ahead
         bf.users += 1
@@ -146,7 +154,7 @@ class Cache:
         bf.users += 1
         try:
             async with self._ra_limit:
-                await self._fetch_block(bf, b, fetch)
+                await self._fetch_run(bf, b, fetch)
         except Exception as e:
             log.debug("readahead of block %d failed: %s", b, e)
         finally:
@@ -177,6 +185,36 @@ class Cache:
                 await self._fetch_block(bf, b, fetch)
         if any(b not in bf.present for b in needed):
             raise OSError(5, "block fetch failed")
+
+    async def _fetch_run(self, bf: BlockFile, b: int, fetch: Fetch) -> None:
+        """issue 6: blocks ``b`` up to the end of its aligned run of
+        :data:`RUN_BLOCKS` in one ranged GET (stopping at a block present or in
+        flight); every block of the run waits on the same fetch."""
+        last = min((b // RUN_BLOCKS + 1) * RUN_BLOCKS, bf.nblocks)
+        run = []
+        for x in range(b, last):
+            if x in bf.present or x in bf.inflight:
+                break
+            run.append(x)
+        if len(run) <= 1:
+            await self._fetch_block(bf, b, fetch)
+            return
+        ev = trio.Event()
+        for x in run:
+            bf.inflight[x] = ev
+        try:
+            start = run[0] * BLOCK_SIZE
+            data = await fetch(start, min((run[-1] + 1) * BLOCK_SIZE, bf.size))
+            if bf.fd >= 0:
+                os.pwrite(bf.fd, data, start)
+                bf.present.update(run)
+                self._bytes += len(data)
+            del data
+        finally:
+            for x in run:
+                del bf.inflight[x]
+            ev.set()
+        self._maybe_evict()
 
     async def _fetch_block(self, bf: BlockFile, b: int, fetch: Fetch) -> None:
         if b in bf.present or b in bf.inflight:

@@ -46,7 +46,7 @@ from typing import Any
 
 import trio
 
-from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents
+from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents, streaming
 from agentfs.cache import Cache
 from agentfs.errors import (
     AlreadyExists,
@@ -144,6 +144,8 @@ class OpenFile:
     unlinked: bool = False
     #: Where the file was last seen, to keep its bytes if another mount removes it.
     last_path: str | None = None
+    #: issue 6: the upload of a file being written sequentially (agentfs/streaming.py)
+    stream: streaming.Stream | None = None
 
     def close_local(self) -> None:
         if self.fd >= 0:
@@ -710,6 +712,7 @@ class Workspace:
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
+        streaming.wrote(self, of, off, len(data))  # issue 6: upload finished parts in the background
         return len(data)
 
     async def truncate(self, of: OpenFile, size: int) -> None:
@@ -725,6 +728,7 @@ class Workspace:
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
+        streaming.truncated(of, size)  # issue 6
 
     async def flush(self, of: OpenFile, caller: Caller) -> None:
         """Upload the file if it changed and commit its entry (durable on return)."""
@@ -760,6 +764,7 @@ class Workspace:
             return
         self.open_files.pop(of.node.ino, None)
         self._retry.pop(of.node.ino, None)
+        streaming.discard(of)  # issue 6: an unused streaming upload is aborted
         e = of.node.entry
         path = self.ns.path_of(of.node)
         if (of.local is not None and of.fd >= 0 and not of.dirty and e.etag is not None
@@ -837,6 +842,11 @@ class Workspace:
                 of.dirty = False
 
     async def _put_local(self, of: OpenFile, key: str, size: int, cond: dict[str, Any]) -> tuple[Any, str]:
+        # issue 6: a file written sequentially has its parts uploaded already
+        # (None: no usable stream, upload the whole file)
+        done = await streaming.finish(of, key, size, cond, self.limiter)
+        if done is not None:
+            return done
         if size <= SMALL_FILE:
             data = os.pread(of.fd, size, 0)
             sha = hashlib.sha256(data).hexdigest() if size < (1 << 20) else await trio.to_thread.run_sync(

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from agentfs import memory
 from agentfs.config import MountConfig
 from agentfs.errors import AgentFSError, InvalidArgument
 from agentfs.fuse.operations import FuseNotifier, Operations
@@ -109,6 +110,7 @@ def run_mount(cfg: MountConfig) -> int:
     problem = fuse_problem()
     if problem:
         raise AgentFSError(problem)
+    memory.tune_malloc()  # issue 6: large buffers go back to the system when freed
     mp = Path(cfg.mountpoint)
     if not mp.is_dir():
         raise InvalidArgument("mountpoint is not a directory", path=str(mp))

@@ -21,8 +21,9 @@ exactly one succeeds; of two ``put(k, .., if_match=e)`` at most one succeeds.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from agentfs.errors import InvalidArgument
 
@@ -30,6 +31,8 @@ __all__ = ["MULTIPART_THRESHOLD", "ObjectInfo", "ObjectStore"]
 
 #: Files at least this large are uploaded in parts by ``put_file``.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,15 @@ class ObjectStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is unusable afterwards."""
+
+    def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        """issue 6: make one request outside this interface (``fn``, e.g. an S3
+        multipart step of :mod:`agentfs.streaming`) under the policies of the
+        wrappers above the backend: :class:`~agentfs.store.retry.RetryingStore`
+        retries it, :class:`~agentfs.store.faults.FaultyStore` injects faults.
+        ``fn`` must be safe to repeat.  A backend just calls it."""
+        del op, key
+        return fn()
 
     # -- helpers shared by every backend (not part of the abstract interface) --
 

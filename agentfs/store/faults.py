@@ -224,3 +224,7 @@ class FaultyStore(ObjectStore):
 
     def close(self) -> None:
         self.inner.close()
+
+    def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        """issue 6: one request outside the interface, faults injected like the others."""
+        return self._call(op, key, lambda: self.inner.request(op, key, fn))

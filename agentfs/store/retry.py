@@ -301,6 +301,10 @@ class RetryingStore(ObjectStore):
     def close(self) -> None:
         self.inner.close()
 
+    def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        """issue 6: one request outside the interface, retried like the others."""
+        return self._run(op, key, lambda: self.inner.request(op, key, fn))[0]
+
 
 def unwrap(store: ObjectStore) -> ObjectStore:
     """The backend under any wrappers (``inner`` chain)."""

@@ -34,13 +34,14 @@ error code, then HTTP status):
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import email.utils
+import io
 import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -64,17 +65,21 @@ try:  # aiobotocore's default HTTP backend
 except ImportError:  # pragma: no cover - other HTTP backends
     _AIOHTTP_ERRORS = ()
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "read_part"]
 
 log = logging.getLogger(__name__)
 
 #: Default size of one uploaded part (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts).
-PART_SIZE = 16 * 1024 * 1024
+#: issue 6: 8 MiB (was 16): the server's cost is the same, and at most
+#: ``max_parallel_parts`` parts are in memory at once.
+PART_SIZE = 8 * 1024 * 1024
 #: S3's limit for a single CopyObject; larger objects are copied in parts.
 COPY_THRESHOLD = 5 * 1024**3
 COPY_PART_SIZE = 512 * 1024**2
 MAX_PARTS = 10_000
 _CHUNK = 1024 * 1024
+#: issue 6: ranged GETs up to this size are read in one round trip (see _get_range).
+_ONE_HOP = 16 * 1024 * 1024
 #: Attempts to read one response body (a broken stream is resumed, pinned to its ETag).
 _BODY_ATTEMPTS = 3
 
@@ -171,6 +176,39 @@ def _map_error(exc: BaseException, op: str, where: str,
     return StoreError(f"S3 {op} failed: {detail}", path=where)
 
 
+def read_part(fd: int, off: int, size: int) -> io.BytesIO:
+    """Bytes ``[off, off+size)`` of an open file as an upload body, read straight
+    into the body's own buffer (issue 6: one copy in memory per part).
+
+    A ``bytes`` body costs two: botocore wraps it in a BytesIO that shares it,
+    and aiohttp's ``getbuffer()`` on that BytesIO unshares (copies) it.
+    Raises StoreError if the file is shorter than ``off + size``.
+    """
+    body = io.BytesIO()
+    if size > 0:
+        body.seek(size - 1)
+        body.write(b"\0")  # one allocation of exactly `size` bytes, owned by the BytesIO
+        with body.getbuffer() as view:
+            got = 0
+            while got < size:
+                n = os.preadv(fd, [view[got:]], off + got)
+                if n <= 0:
+                    break
+                got += n
+        if got != size:
+            raise StoreError(f"upload source shrank while being read ({got} of {size} bytes)")
+        body.seek(0)
+    return body
+
+
+def _loopback(endpoint_url: str | None) -> bool:
+    """Whether an endpoint is on this host's loopback interface."""
+    if not endpoint_url:
+        return False
+    host = (urllib.parse.urlsplit(endpoint_url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _etag(resp: dict[str, Any]) -> str:
     return str(resp.get("ETag", "")).strip('"')
 
@@ -248,6 +286,11 @@ class S3Store(ObjectStore):
                     # CRC checksum headers; send them only where required.
                     config["request_checksum_calculation"] = "when_required"
                     config["response_checksum_validation"] = "when_required"
+                if _loopback(self.endpoint_url):
+                    # issue 6: over plain HTTP botocore signs a SHA-256 of every
+                    # body (a second pass over each uploaded byte).  On the
+                    # loopback interface nobody can alter a request in transit.
+                    config["s3"] = {"payload_signing_enabled": False}
                 fs = s3fs.S3FileSystem(
                     endpoint_url=self.endpoint_url,
                     skip_instance_cache=True,
@@ -352,12 +395,42 @@ class S3Store(ObjectStore):
         if end is not None and end <= lo:
             self.head(key)  # still NotFound for a missing key
             return b""
+        if end is not None and end - lo <= _ONE_HOP:
+            return self._get_range(key, lo, end, if_match)
         parts: list[bytes] = []
         try:
             self._stream(key, lo, end, if_match, parts.append)
         except _RangeNotSatisfiable:
             return b""  # range starts at or past the end of an existing object
         return b"".join(parts)
+
+    def _get_range(self, key: str, lo: int, end: int, if_match: str | None) -> bytes:
+        """issue 6: a bounded range (a cache block) in one round trip to the S3
+        client's event loop: request and body together, instead of a thread hop
+        per body chunk.  A body that breaks is StoreUnavailable (the retry
+        layer repeats the whole range, pinned to ``if_match`` if given)."""
+        fs = self._get_fs()
+        kw: dict[str, Any] = self._range(lo, end)
+        if if_match is not None:
+            kw["IfMatch"] = if_match
+
+        async def go() -> bytes:
+            resp = await fs._call_s3("get_object", Bucket=self.bucket, Key=self.prefix + key, **kw)
+            body = resp["Body"]
+            try:
+                return bytes(await body.read())
+            finally:
+                body.close()
+
+        try:
+            return fsspec.asyn.sync(fs.loop, go)  # type: ignore[no-any-return]
+        except _RangeNotSatisfiable:
+            return b""
+        except Exception as e:
+            err = self._error(e, "get_object", key)
+            if isinstance(err, _RangeNotSatisfiable):
+                return b""  # range starts at or past the end of an existing object
+            raise err from e
 
     def get_to_file(self, key: str, fileobj: BinaryIO, *, if_match: str | None = None) -> ObjectInfo:
         self.check_key(key)
@@ -459,10 +532,13 @@ class S3Store(ObjectStore):
         except OSError as e:
             raise StoreError(f"cannot read upload source: {e.strerror or e}", path=path) from e
         if size < self.multipart_threshold:
-            with open(path, "rb") as f:
-                data = f.read()  # bounded by multipart_threshold
-            resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=data)
-            return ObjectInfo(key=key, size=len(data), etag=_etag(resp), mtime=_resp_time(resp))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                body = read_part(fd, 0, size)  # bounded by multipart_threshold
+            finally:
+                os.close(fd)
+            resp = self._conditional("put_object", key, cond, Key=self.prefix + key, Body=body)
+            return ObjectInfo(key=key, size=size, etag=_etag(resp), mtime=_resp_time(resp))
         return self._put_multipart(key, path, size, cond, if_absent, if_match)
 
     def _precheck(self, key: str, if_absent: bool, if_match: str | None) -> None:
@@ -481,10 +557,48 @@ class S3Store(ObjectStore):
         if if_match is not None and (cur is None or cur.etag != if_match):
             raise PreconditionFailed("object is not the expected version", path=self._where(key))
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+    # -- multipart steps (put_file, and issue 6: agentfs/streaming.py) ---------
+
+    def mp_create(self, key: str) -> str:
+        """Start a multipart upload of ``key``; returns its upload id.  Nothing
+        is visible at ``key`` until :meth:`mp_complete`."""
+        self.check_key(key)
+        return str(self._call("create_multipart_upload", key, Key=self.prefix + key)["UploadId"])
+
+    def mp_part(self, key: str, upload_id: str, number: int, body: BinaryIO) -> dict[str, Any]:
+        """Upload part ``number`` (1-based) from ``body`` (see :func:`read_part`);
+        returns the part's entry for :meth:`mp_complete`.  Repeating it is harmless."""
+        return self._upload_part(key, upload_id, number, body)
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: BinaryIO) -> dict[str, Any]:
         resp = self._call("upload_part", key, Key=self.prefix + key, UploadId=upload_id,
-                          PartNumber=number, Body=data)
+                          PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def mp_complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], total: int, *,
+                    if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """Make the uploaded parts the object at ``key``, atomically and under
+        the condition (PreconditionFailed otherwise; the upload then still
+        exists: abort it).  Returns the object's info as later reads see it."""
+        cond = self._conditions(key, if_absent, if_match)
+        resp = self._conditional("complete_multipart_upload", key, cond,
+                                 Key=self.prefix + key, UploadId=upload_id,
+                                 MultipartUpload={"Parts": parts})
+        etag = _etag(resp)
+        # Some S3 servers (rclone serve s3) answer the completion with a
+        # multipart-style ETag but report the object under another one: the
+        # version we record must be the one later If-Match conditions compare.
+        info = self.head(key)
+        if info.etag != etag:
+            if info.size != total:
+                raise PreconditionFailed("object was replaced right after its upload",
+                                         path=self._where(key))
+            log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
+        return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
+
+    def mp_abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload (its parts are dropped); never raises."""
+        self._abort(key, upload_id)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -498,50 +612,33 @@ class S3Store(ObjectStore):
         self._precheck(key, if_absent, if_match)
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         width = max(1, self.max_parallel_parts)
-        upload_id = self._call("create_multipart_upload", key, Key=self.prefix + key)["UploadId"]
+        upload_id = self.mp_create(key)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=width,
                                                      thread_name_prefix="agentfs-s3-part")
+        fd = -1
         try:
-            parts: list[dict[str, Any]] = []
-            inflight: collections.deque[concurrent.futures.Future[dict[str, Any]]] = \
-                collections.deque()
-            total = 0
-            number = 0
-            with open(path, "rb") as f:
-                while True:
-                    if len(inflight) >= width:  # bound: at most `width` parts in memory
-                        parts.append(inflight.popleft().result())
-                    data = f.read(part_size)
-                    if not data and number > 0:
-                        break
-                    number += 1
-                    total += len(data)
-                    inflight.append(pool.submit(self._upload_part, key, upload_id, number, data))
-                    if len(data) < part_size:
-                        break
-                    del data
-            while inflight:
-                parts.append(inflight.popleft().result())
-            resp = self._conditional("complete_multipart_upload", key, cond,
-                                     Key=self.prefix + key, UploadId=upload_id,
-                                     MultipartUpload={"Parts": parts})
+            fd = os.open(path, os.O_RDONLY)
+
+            def part(number: int, off: int) -> dict[str, Any]:
+                # read in the worker: at most `width` parts in memory, one copy each
+                body = read_part(fd, off, min(part_size, size - off))
+                return self._upload_part(key, upload_id, number, body)
+
+            futures = [pool.submit(part, i + 1, off)
+                       for i, off in enumerate(range(0, size, part_size))]
+            parts = [f.result() for f in futures]
+            info = self.mp_complete(key, upload_id, parts, size, if_absent=if_absent,
+                                    if_match=if_match)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             self._abort(key, upload_id)
             raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         pool.shutdown(wait=True)
-        log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), number, total)
-        etag = _etag(resp)
-        # Some S3 servers (rclone serve s3) answer the completion with a
-        # multipart-style ETag but report the object under another one: the
-        # version we record must be the one later If-Match conditions compare.
-        info = self.head(key)
-        if info.etag != etag:
-            if info.size != total:
-                raise PreconditionFailed("object was replaced right after its upload",
-                                         path=self._where(key))
-            log.debug("%s: completion ETag %s, object ETag %s", self._where(key), etag, info.etag)
-        return ObjectInfo(key=key, size=total, etag=info.etag, mtime=info.mtime)
+        log.debug("uploaded %s in %d parts (%d bytes)", self._where(key), len(parts), size)
+        return info
 
     def copy(self, src: str, dst: str, *, if_match: str | None = None,
              size: int | None = None) -> ObjectInfo:
