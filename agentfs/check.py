@@ -76,6 +76,19 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
     except CorruptRecord as e:
         rep.errors.append(str(e))
         return rep
+    except NotFound:
+        # Objects another tool put under a prefix that has no journal yet: the
+        # next read-write mount (or check --repair) makes it a workspace and
+        # adopts them.
+        n = sum(1 for _ in store.list(ws.key("")))
+        if repair:
+            ws.read_only = False
+            await ws.load(create=True, verify=True)
+            rep.repaired.append(f"made a workspace of {n} objects another tool put under {name}/")
+            rep.seq = ws.ns.seq
+        else:
+            rep.notices.append(f"{n} objects under {name}/ have no journal yet; the next mount adopts them")
+        return rep
     except AgentFSError as e:
         rep.errors.append(f"cannot load: {e}")
         return rep

@@ -191,6 +191,12 @@ class FileSystem:
             del self._loading[name]
             ev.set()
 
+    async def _load_existing(self, name: str) -> Workspace:
+        """A workspace the store has.  Objects another tool put under a top-level
+        prefix without a journal make a workspace: its journal is created and the
+        objects are adopted (on a read-only mount it raises NotFound)."""
+        return await self._load(name, create=not self.read_only)
+
     def _ws(self, node: Node) -> Workspace:
         ws = node.ns.owner
         # checkpoints: nodes of .snapshots views are owned by read-only views
@@ -235,7 +241,7 @@ class FileSystem:
                     raise NotFound(path=name) from None
                 if not await trio.to_thread.run_sync(self._ws_exists, name, limiter=self.limiter):
                     raise NotFound(path=name)
-            ws = await self._load(name, create=False)
+            ws = await self._load_existing(name)
             node = ws.ns.root
         else:
             pnode = self.node(parent)
@@ -273,7 +279,10 @@ class FileSystem:
             await self.refresh_names()
             entries = []
             for name in sorted(self.known_names):
-                ws = self.workspaces.get(name) or await self._load(name, create=False)
+                try:
+                    ws = self.workspaces.get(name) or await self._load_existing(name)
+                except NotFound:  # e.g. objects under the name on a read-only mount
+                    continue
                 entries.append((name, ws.ns.root.ino))
         else:
             node = self.node(ino)

@@ -315,14 +315,17 @@ class Workspace:
         commits = await self._io(self.journal.commits_after, self.ns.seq)
         for c in commits:
             self._apply(c, notify=False)
-        if verify and self.ns.seq > 0 and not self.read_only:
-            await self.scan(changed_now=True)
-        if self.ns.seq == 0:
+        new = self.ns.seq == 0
+        if new:
             if not create:
                 raise NotFound("no such workspace", path=self.name)
             if not self.read_only:
                 caller = Caller.current(self.agent)
                 await self.commit([self.record("create-workspace", PutOp(path="", entry=self.ns.root.entry), caller)])
+        if verify and not self.read_only:
+            # Also for a new workspace: objects another tool put under its
+            # prefix before it had a journal are adopted at once.
+            await self.scan(changed_now=True)
         log.info("workspace %s loaded at seq %d (%d commits replayed)", self.name, self.ns.seq, len(commits))
 
     def _apply(self, commit: Commit, *, notify: bool) -> Changes:

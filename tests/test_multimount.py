@@ -397,6 +397,26 @@ def _external_put(request: pytest.FixtureRequest, store_url: str, key: str, data
         s3.put_object(Bucket=store_url[len("s3://"):].split("/")[0], Key=key, Body=data)
 
 
+def test_prefix_written_by_another_tool_becomes_a_workspace(mounter: Callable[..., Mount], store_url: str,
+                                                           request: pytest.FixtureRequest,
+                                                           tmp_path: Path) -> None:
+    """Objects put under a new top-level prefix (no journal) show as a workspace,
+    adopted; listing the mount root never fails because of them (a read-only
+    mount leaves them out)."""
+    m = mounter(store_url)
+    (m.path / "ws").mkdir()
+    _external_put(request, store_url, "t/big0", b"from another tool", tmp_path)
+    _external_put(request, store_url, "u/deep/x.txt", b"x", tmp_path)
+    wait_for(lambda: "t" in os.listdir(m.path), 10.0, "the new prefix listed")
+    assert sorted(os.listdir(m.path)) == ["t", "u", "ws"]
+    assert (m.path / "t" / "big0").read_bytes() == b"from another tool"
+    assert (m.path / "u" / "deep" / "x.txt").read_bytes() == b"x"
+    m.unmount()
+    _external_put(request, store_url, "v/y", b"y", tmp_path)
+    ro = mounter(store_url, "--read-only")
+    assert sorted(os.listdir(ro.path)) == ["t", "u", "ws"]
+
+
 @pytest.mark.parametrize("new_size", [3_000, 30_000], ids=["shorter", "longer"])
 def test_external_overwrite_of_tracked_file_never_reads_torn(
         mounter: Callable[..., Mount], store_url: str, request: pytest.FixtureRequest,
