@@ -360,3 +360,31 @@ class Checkpoint(_Versioned):
     files: int = 0
     bytes: int = 0
     forks: list[str] = Field(default_factory=list)
+
+# -- writeback (issue 6): the crash-safe on-disk upload queue, see agentfs/writeback.py --
+
+
+class QueuedWrite(_Versioned):
+    """One closed file waiting for its upload in ``--writeback`` mode.
+
+    Stored as ``<queue dir>/<id>.json`` next to ``<id>.data`` (a hard link to
+    the file's working copy, so it always holds the latest closed bytes).
+    ``entry`` is the file's entry as the writer left it (mode, owner, mtime,
+    xattrs); ``base_etag`` the store version the bytes derive from (None for a
+    new file), so a replay after a crash keeps the conflict rules.
+    """
+
+    id: str
+    workspace: str
+    path: str
+    base_etag: str | None = None
+    entry: Entry
+    agent: str = ""
+    pid: int | None = None
+    uid: int = 0
+    gid: int = 0
+    mount: str = ""
+    queued: float = Field(default_factory=time.time)
+
+
+__all__ += ["QueuedWrite"]

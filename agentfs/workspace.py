@@ -281,6 +281,9 @@ class Workspace:
         self.flusher: groupcommit.Flusher | None = None
         #: issue 6: deferred records of the batch being written (not yet applied from it)
         self._inflight: list[Record] = []
+        #: issue 6: the --writeback queue (agentfs/writeback.py), set by the mount:
+        #: closes then queue the upload on local disk instead of waiting for it.
+        self.writeback: Any = None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -756,8 +759,11 @@ class Workspace:
         of.gen += 1
 
     async def flush(self, of: OpenFile, caller: Caller) -> None:
-        """Upload the file if it changed and commit its entry (durable on return)."""
+        """Upload the file if it changed and commit its entry (durable on return;
+        with --writeback: in the crash-safe local queue on return)."""
         if of.dirty:
+            if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
+                return  # issue 6: --writeback (agentfs/writeback.py)
             await self._upload(of, caller)
 
     async def release(self, of: OpenFile, caller: Caller) -> None:
@@ -773,6 +779,8 @@ class Workspace:
         if of.handles > 0:
             return
         if of.dirty:
+            if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
+                return  # issue 6: --writeback: kept open and queued (agentfs/writeback.py)
             try:
                 await self._upload(of, caller)
             except Fenced:
@@ -806,7 +814,11 @@ class Workspace:
         # Shielded: an upload and its commit are never cancelled halfway (a
         # cancelled commit after a finished PUT would turn into a false conflict).
         with trio.CancelScope(shield=True):
-            await self._upload_now(of, caller)
+            try:
+                await self._upload_now(of, caller)
+            finally:
+                if self.writeback is not None and not of.dirty:
+                    self.writeback.settled(self, of)  # issue 6: drop its queue record
 
     async def _upload_now(self, of: OpenFile, caller: Caller) -> None:
         async with self.ns_lock.shared(), of.lock:
@@ -913,7 +925,8 @@ class Workspace:
         of.base_etag = cur.entry.etag if cur is not None else None
 
     async def fsync(self, of: OpenFile, caller: Caller) -> None:
-        await self.flush(of, caller)
+        if of.dirty:
+            await self._upload(of, caller)  # durable, also with --writeback (issue 6)
         await self.flush_deferred()  # issue 6: fsync waits for the journal record too
 
     # -- changing attributes ----------------------------------------------------
@@ -962,6 +975,8 @@ class Workspace:
             new = node.entry.model_copy(update=upd)
             if node.pending:
                 node.entry = new  # committed with the data on first flush
+                if self.writeback is not None:
+                    self.writeback.entry_changed(self, node)  # issue 6: its queue record follows
                 return
             path = self._path(node)
             await self.commit([self.record(action, PutOp(path=path, entry=new), caller, **detail)])
@@ -1038,11 +1053,15 @@ class Workspace:
                 of.unlinked = True
             if node.pending:
                 self.ns.detach(node)
+                if of is not None and self.writeback is not None:
+                    self.writeback.discard(self, of)  # issue 6: never uploaded, never will be
                 return
             path = self._path(node)
             await checkpoints.preserve(self, path, node.entry)  # checkpoints: copy-on-write
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
+            if of is not None and self.writeback is not None:
+                self.writeback.discard(self, of)  # issue 6: its queued bytes are garbage now
             if node.entry.kind == "f" and node.entry.etag is not None:
                 await self._delete_keys([(self.key(path), node.entry.etag)])
 
