@@ -378,6 +378,8 @@ class QueuedWrite(_Versioned):
     workspace: str
     path: str
     base_etag: str | None = None
+    #: the working copy's file name in ``<queue dir>/data/``
+    data: str
     entry: Entry
     agent: str = ""
     pid: int | None = None
@@ -387,4 +389,14 @@ class QueuedWrite(_Versioned):
     queued: float = Field(default_factory=time.time)
 
 
-__all__ += ["QueuedWrite"]
+class QueuedMeta(_Versioned):
+    """Metadata records (mkdir, symlink, chmod/utimens) of one deferred group
+    commit in ``--writeback`` mode, as queued (``<queue dir>/m<time>-<n>.json``)
+    until the commit is written; replayed after a crash where they still fit."""
+
+    id: str
+    workspace: str
+    records: list[Record]
+
+
+__all__ += ["QueuedMeta", "QueuedWrite"]

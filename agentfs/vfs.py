@@ -145,6 +145,8 @@ class FileSystem:
             self.writeback = writeback.Writeback(
                 cache_dir, store.url, mount_id=self.mount_id,
                 busy=lambda: self._requests > 0 or time.monotonic() - self._last_access < writeback.QUIET)
+            self.cache.dirty_dir = self.writeback.data_dir
+            self.cache.dirty_prefix = f"{self.mount_id}-"
 
     # -- workspaces ------------------------------------------------------------
 

@@ -418,6 +418,15 @@ class Workspace:
         self._queue.append(_Pending(records, deferred=True))
         self.flusher.notify(self.deferred_pending)
 
+    async def _commit_meta(self, records: list[Record]) -> None:
+        """issue 6: with --writeback, metadata records (mkdir, symlink, setattr)
+        go through the crash-safe queue into the next group commit; otherwise
+        they are committed now."""
+        if self.writeback is not None and self.flusher is not None:
+            await self.writeback.defer_meta(self, records)
+        else:
+            await self.commit(records)
+
     @property
     def deferred_pending(self) -> int:
         """Records queued by deferred commits and not yet written."""
@@ -534,7 +543,7 @@ class Workspace:
             self._check_new(parent, name)
             path = join(self._path(parent), name)
             entry = self._new_entry("d", mode, caller)
-            await self.commit([self.record("mkdir", PutOp(path=path, entry=entry), caller),
+            await self._commit_meta([self.record("mkdir", PutOp(path=path, entry=entry), caller),
                                *await self._touch_dir(parent, caller)])
             return self.lookup(parent, name)
 
@@ -545,7 +554,7 @@ class Workspace:
                 raise NameTooLong("symlink target too long")
             path = join(self._path(parent), name)
             entry = self._new_entry("l", 0o777, caller, target=target)
-            await self.commit([self.record("symlink", PutOp(path=path, entry=entry), caller),
+            await self._commit_meta([self.record("symlink", PutOp(path=path, entry=entry), caller),
                                *await self._touch_dir(parent, caller)])
             return self.lookup(parent, name)
 
@@ -979,7 +988,11 @@ class Workspace:
                     self.writeback.entry_changed(self, node)  # issue 6: its queue record follows
                 return
             path = self._path(node)
-            await self.commit([self.record(action, PutOp(path=path, entry=new), caller, **detail)])
+            records = [self.record(action, PutOp(path=path, entry=new), caller, **detail)]
+            if action == "setattr":
+                await self._commit_meta(records)  # issue 6: deferred with --writeback
+            else:
+                await self.commit(records)
 
     # -- xattrs -------------------------------------------------------------------
 
@@ -1096,6 +1109,9 @@ class Workspace:
                      caller: Caller, *, noreplace: bool = False) -> None:
         self._writable()
         check_name(new_name)
+        if self.writeback is not None and await self.writeback.rename_local(
+                self, old_parent, old_name, new_parent, new_name, noreplace=noreplace):
+            return  # issue 6: --writeback: a file not uploaded yet moves locally
         of = self.open_files.get(self.lookup(old_parent, old_name).ino)
         if of is not None and of.dirty:
             # A file never uploaded (or changed since) reaches the store first,

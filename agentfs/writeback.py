@@ -55,22 +55,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import resource
+import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from pydantic import ValidationError
 
 from agentfs.errors import AgentFSError, Fenced, InvalidArgument
 from agentfs.identity import Caller
-from agentfs.models import PutOp, QueuedWrite
+from agentfs.models import PutOp, QueuedMeta, QueuedWrite, Record
 from agentfs.namespace import join, split
 
 if TYPE_CHECKING:
@@ -112,6 +114,11 @@ RETRY_AFTER = 2.0
 COMPARE_MAX = 64 << 20
 
 
+LOG = "queue.log"
+#: Rewrite the log with its live records when it grows past this (bytes).
+COMPACT_BYTES = 16 << 20
+
+
 def queue_root(cache_dir: Path, store_url: str) -> Path:
     """Where the queues of mounts of ``store_url`` with cache ``cache_dir`` live."""
     h = hashlib.sha256(store_url.encode()).hexdigest()[:16]
@@ -127,7 +134,9 @@ class _Queued:
     first: float
     last: float
     written: tuple[object, ...] = ()
-    ino: int = -1
+    local: Path | None = None
+    data: str = ""
+    line: str = ""
     uploading: bool = False
     retry_at: float = 0.0
 
@@ -158,7 +167,15 @@ class Writeback:
         self._wake = trio.Event()
         self._changed = trio.Event()
         self._limit = trio.CapacityLimiter(PARALLEL)
+        #: queue files whose journal record is in a deferred group commit not yet
+        #: written: removed once it is (see _prune)
+        self._awaiting: list[tuple[Workspace, Any, str, str]] = []
         self.dir, self._lock_fd = self._claim()
+        #: working copies of files written through this mount (Cache.new_dirty_path)
+        self.data_dir = self.dir / "data"
+        self.data_dir.mkdir(exist_ok=True)
+        self._log_fd = os.open(self.dir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._log_bytes = os.fstat(self._log_fd).st_size
         _raise_nofile()
         log.info("writeback queue at %s", self.dir)
 
@@ -186,6 +203,9 @@ class Writeback:
 
     def close(self) -> None:
         """Release the queue directory (records left in it are replayed by the next mount)."""
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -213,20 +233,27 @@ class Writeback:
             q = _Queued(ws, of, caller, uuid.uuid4().hex, time.monotonic(), time.monotonic())
         q.caller = caller
         q.last = time.monotonic()
-        data = self.dir / f"{q.id}.data"
-        if key not in self.entries or q.of is not of or q.ino != os.fstat(of.fd).st_ino:
-            # the queue's name for the working copy (a hard link: later writes show in it)
-            q.of = of
-            q.ino = os.fstat(of.fd).st_ino
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(data)
-            os.link(of.local, data)
+        if q.of is not of or q.local != of.local:
+            self._drop_link(q)
+            q.of, q.local = of, of.local
+            if of.local.parent == self.data_dir:
+                q.data = of.local.name
+            else:  # a working copy made elsewhere: the queue names it by a hard link
+                q.data = f"{self.mount_id}-l{q.id}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.data_dir / q.data)
+                os.link(of.local, self.data_dir / q.data)
         self.entries[key] = q
         self._write_record(q, path)
         if FSYNC:
-            await trio.to_thread.run_sync(self._sync_disk, of.fd, q.id)
+            await trio.to_thread.run_sync(self._sync_disk, of.fd)
         self._wake.set()
         return True
+
+    def _drop_link(self, q: _Queued) -> None:
+        if q.data and q.local is not None and q.data != q.local.name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.data_dir / q.data)
 
     def entry_changed(self, ws: Workspace, node: Node) -> None:
         """A queued (new) file's entry changed locally (chmod, utimens, xattr):
@@ -237,13 +264,100 @@ class Writeback:
             self._write_record(q, path)
 
     def settled(self, ws: Workspace, of: OpenFile) -> None:
-        """The file's upload settled (uploaded, conflict copy, removed): drop its record."""
+        """The file's upload settled (uploaded, conflict copy, removed): its
+        record is done once the upload's journal record is written."""
         q = self.entries.get((ws.name, of.node.ino))
         if q is None or q.of is not of:
             return
         del self.entries[(ws.name, of.node.ino)]
-        self._remove(q.id)
+        self._drop_link(q)
         self._changed.set()
+        path = ws.ns.path_of(of.node)
+        for p in reversed(ws._queue):
+            # the upload's journal record waits in a deferred group commit: the
+            # queue keeps the record (the bytes are in the store) until it is written
+            if p.deferred and not p.done and any(isinstance(r.op, PutOp) and r.op.path == path
+                                                 for r in p.records):
+                self._awaiting.append((ws, p, q.id, q.line))
+                return
+        self._done(q.id)
+
+    # -- metadata (mkdir, symlink, chmod/utimens) ------------------------------------
+
+    async def defer_meta(self, ws: Workspace, records: list[Record]) -> None:
+        """Queue metadata records for the next group commit, persisted here
+        first (a crash replays them); they show in the mount at once."""
+        qid = uuid.uuid4().hex
+        line = QueuedMeta(id=qid, workspace=ws.name, records=records).model_dump_json()
+        self._append(line)
+        if FSYNC:
+            await trio.to_thread.run_sync(os.fsync, self._log_fd)
+        ws.commit_deferred(records)
+        self._awaiting.append((ws, ws._queue[-1], qid, line))
+        self._wake.set()
+
+    def _prune(self) -> None:
+        """Mark done the records whose deferred journal commit is written."""
+        done = [a[2] for a in self._awaiting if a[1].done and a[1].error is None]
+        if done:
+            self._awaiting = [a for a in self._awaiting if not (a[1].done and a[1].error is None)]
+            for qid in done:
+                self._done(qid)
+
+    # -- the log --------------------------------------------------------------------------
+
+    def _append(self, line: str) -> None:
+        b = (line + "\n").encode()
+        os.write(self._log_fd, b)
+        self._log_bytes += len(b)
+
+    def _done(self, qid: str) -> None:
+        if not self.entries and not self._awaiting:
+            if self._log_bytes:  # nothing live: start the log afresh
+                os.ftruncate(self._log_fd, 0)
+                self._log_bytes = 0
+            return
+        self._append(f'{{"done": "{qid}"}}')
+        if self._log_bytes > COMPACT_BYTES:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the log with the live records only (it grows while the queue never empties)."""
+        for q in self.entries.values():
+            q.written = ()
+        tmp = self.dir / (LOG + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        old, self._log_fd, self._log_bytes = self._log_fd, fd, 0
+        for q in self.entries.values():
+            path = q.ws.ns.path_of(q.of.node)
+            if path is not None:
+                self._write_record(q, path)
+        for _ws, _p, _qid, line in self._awaiting:
+            self._append(line)
+        os.fsync(fd)
+        os.replace(tmp, self.dir / LOG)
+        os.close(old)
+
+    def _write_record(self, q: _Queued, path: str) -> None:
+        of = q.of
+        entry = of.node.entry
+        # what a replay needs besides the bytes; unchanged: no new line
+        sig = (path, of.base_etag, q.data, entry.mode, entry.uid, entry.gid, of.mtime_ns,
+               tuple(sorted(entry.xattrs.items())), q.caller.agent)
+        if sig == q.written:
+            return
+        rec = QueuedWrite(id=q.id, workspace=q.ws.name, path=path, base_etag=of.base_etag, data=q.data,
+                          entry=entry.model_copy(update={"mtime_ns": of.mtime_ns, "size": of.size}),
+                          agent=q.caller.agent, pid=q.caller.pid, uid=q.caller.uid, gid=q.caller.gid,
+                          mount=self.mount_id)
+        q.line = rec.model_dump_json()
+        self._append(q.line)
+        q.written = sig
+
+    def _sync_disk(self, fd: int) -> None:
+        os.fdatasync(fd)
+        os.fsync(self._log_fd)
+        _fsync_path(self.data_dir, directory=True)
 
     def discard(self, ws: Workspace, of: OpenFile) -> None:
         """The queued file was removed here (unlink): its bytes are not to be uploaded."""
@@ -254,38 +368,63 @@ class Writeback:
             of.dirty = False
             ws._forget_open(of)
 
-    # -- records ----------------------------------------------------------------------
+    async def rename_local(self, ws: Workspace, old_parent: Node, old_name: str, new_parent: Node,
+                           new_name: str, *, noreplace: bool) -> bool:
+        """Rename a file this mount created and has not uploaded yet without any
+        store request: it moves in the local tree and its queue record follows
+        (git's lock files and loose objects, editors' temporary files).  Over a
+        committed file, the moved file takes that file's place as its next
+        version (uploaded conditional on it, as an overwrite would be).
 
-    def _record(self, q: _Queued, path: str) -> QueuedWrite:
-        of = q.of
-        entry = of.node.entry.model_copy(update={"mtime_ns": of.mtime_ns, "size": of.size})
-        return QueuedWrite(id=q.id, workspace=q.ws.name, path=path, base_etag=of.base_etag, entry=entry,
-                           agent=q.caller.agent, pid=q.caller.pid, uid=q.caller.uid, gid=q.caller.gid,
-                           mount=self.mount_id)
-
-    def _write_record(self, q: _Queued, path: str) -> None:
-        rec = self._record(q, path)
-        # what a replay needs besides the bytes; unchanged: no rewrite
-        sig = (path, rec.base_etag, rec.entry.mode, rec.entry.uid, rec.entry.gid, rec.entry.mtime_ns,
-               tuple(sorted(rec.entry.xattrs.items())), rec.agent)
-        if sig == q.written:
-            return
-        tmp = self.dir / f"{q.id}.tmp"
-        with open(tmp, "w") as f:
-            f.write(rec.model_dump_json())
-        os.replace(tmp, self.dir / f"{q.id}.json")
-        q.written = sig
-
-    def _sync_disk(self, fd: int, qid: str) -> None:
-        os.fdatasync(fd)
-        _fsync_path(self.dir / f"{qid}.json")
-        _fsync_path(self.dir, directory=True)
-
-    def _remove(self, qid: str, d: Path | None = None) -> None:
-        d = d or self.dir
-        for suffix in (".json", ".data", ".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(d / f"{qid}{suffix}")
+        False when the fast path does not apply (the caller renames as usual).
+        """
+        async with ws.ns_lock.exclusive():
+            src = (old_parent.children or {}).get(old_name)
+            if src is None or not src.pending or src.entry.kind != "f" or new_parent.children is None \
+                    or not new_parent.attached or not old_parent.attached:
+                return False
+            of = ws.open_files.get(src.ino)
+            if of is None or of.fd < 0 or of.unlinked:
+                return False
+            dst = new_parent.children.get(new_name)
+            if dst is src:
+                return True
+            if dst is not None:
+                if noreplace or dst.entry.kind != "f" or dst.entry.data_key:
+                    return False
+                dof = ws.open_files.get(dst.ino)
+                if dst.pending:
+                    if dof is not None and dof.handles > 0:
+                        return False
+                elif dst.entry.etag is None or dof is not None:
+                    return False
+            # Checked (nothing can fail below): rename in the local tree.
+            if dst is not None:
+                if dst.pending:
+                    dof = ws.open_files.get(dst.ino)
+                    if dof is not None:
+                        self.settled(ws, dof)
+                        dof.dirty = False
+                        ws._forget_open(dof)
+                else:
+                    # the moved file becomes the next version of the committed one
+                    src.entry = dst.entry.model_copy(update={
+                        k: getattr(src.entry, k) for k in ("mode", "uid", "gid", "xattrs", "mtime_ns",
+                                                           "ctime_ns")})
+                    src.pending = False
+                    of.base_etag = dst.entry.etag
+                ws.ns.detach(dst)
+            del old_parent.children[old_name]  # type: ignore[union-attr]
+            src.parent, src.name = new_parent, new_name
+            new_parent.children[new_name] = src
+            of.last_path = ws.ns.path_of(src)
+            q = self.entries.get((ws.name, src.ino))
+            if q is not None and of.last_path is not None:
+                self._write_record(q, of.last_path)
+                if FSYNC:
+                    await trio.to_thread.run_sync(self._sync_disk, of.fd)
+            of.dirty = True
+            return True
 
     # -- uploading ----------------------------------------------------------------------
 
@@ -321,7 +460,11 @@ class Writeback:
     async def run(self) -> None:
         """Background uploader (a task in the mount's nursery)."""
         while True:
+            self._prune()
             if not self.entries:
+                if self._awaiting:
+                    await trio.sleep(0.1)
+                    continue
                 self._wake = trio.Event()
                 await self._wake.wait()
             if PAUSE_FILE and os.path.exists(PAUSE_FILE):
@@ -378,15 +521,17 @@ class Writeback:
                         await self._changed.wait()
             if errors:
                 raise errors[0]
-        for w in touched:
+        for w in touched | {a[0] for a in self._awaiting}:
             with trio.CancelScope(shield=True):
                 await w.flush_deferred()
+        self._prune()
 
     # -- crash recovery -------------------------------------------------------------------
 
     async def recover(self, fs: FileSystem) -> int:
         """Replay every queue left by a mount that ended without draining it
-        (a crash), before the mount serves requests.  Returns the number of files."""
+        (a crash), before the mount serves requests.  Returns the number of
+        records replayed.  Raises the store's error (the queue is kept)."""
         dirs: list[tuple[Path, int | None]] = [(self.dir, None)]
         for d in sorted(self.root.iterdir()):
             if d == self.dir or not d.is_dir():
@@ -397,37 +542,66 @@ class Writeback:
         n = 0
         try:
             for d, _fd in dirs:
-                recs = []
-                for p in d.glob("*.json"):
-                    try:
-                        recs.append(QueuedWrite.model_validate_json(p.read_bytes()))
-                    except (ValidationError, ValueError, OSError) as e:
-                        log.error("writeback: unreadable queue record %s (%s); left in place", p, e)
-                for rec in sorted(recs, key=lambda r: r.queued):
-                    data = d / f"{rec.id}.data"
-                    if not data.exists():
-                        log.error("writeback: queue record %s has no data; dropped", rec.id)
-                        self._remove(rec.id, d)
-                        continue
-                    ws = await fs._load(rec.workspace, create=True)
-                    await self._replay(ws, rec, data)
-                    self._remove(rec.id, d)
-                    n += 1
-                for p in d.glob("*.data"):  # data without a record: a close cut before its record
-                    p.unlink()
-                for p in d.glob("*.tmp"):
-                    p.unlink()
+                n += await self._recover_dir(fs, d)
         finally:
-            for d, fd in dirs:
+            for _d, fd in dirs:
                 if fd is not None:
                     os.close(fd)
-                    with contextlib.suppress(OSError):
-                        os.unlink(d / "lock")
-                        d.rmdir()
+        for d, fd in dirs:
+            if fd is not None:
+                shutil.rmtree(d, ignore_errors=True)
+        os.ftruncate(self._log_fd, 0)
+        self._log_bytes = 0
+        for p in self.data_dir.iterdir():  # working copies of the earlier mount: consumed
+            if not p.name.startswith(f"{self.mount_id}-"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
         for ws in list(fs.workspaces.values()):
             await ws.flush_deferred()
         if n:
-            log.warning("writeback: replayed %d queued files left by an earlier mount", n)
+            log.warning("writeback: replayed %d queued changes left by an earlier mount", n)
+        return n
+
+    async def _recover_dir(self, fs: FileSystem, d: Path) -> int:
+        live: dict[str, QueuedWrite | QueuedMeta] = {}
+        try:
+            lines = (d / LOG).read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for i, line in enumerate(lines):
+            try:
+                raw = json.loads(line)
+                if "done" in raw:
+                    live.pop(raw["done"], None)
+                    continue
+                rec: QueuedWrite | QueuedMeta = (QueuedMeta if "records" in raw else QueuedWrite).model_validate(raw)
+            except (ValidationError, ValueError) as e:
+                if i == len(lines) - 1:
+                    log.warning("writeback: torn last queue line in %s (%s); ignored", d, e)
+                    continue
+                raise AgentFSError(f"writeback: unreadable queue record in {d / LOG}: {e}") from None
+            live.pop(rec.id, None)
+            live[rec.id] = rec  # the newest line of an id wins
+        # the newest record naming a working copy owns its bytes
+        owner = {r.data: r.id for r in live.values() if isinstance(r, QueuedWrite)}
+        n = 0
+        for rec in live.values():
+            if isinstance(rec, QueuedMeta):
+                ws = await fs._load(rec.workspace, create=True)
+                await self._replay_meta(ws, rec.records)
+                n += 1
+        for rec in live.values():
+            if not isinstance(rec, QueuedWrite):
+                continue
+            ws = await fs._load(rec.workspace, create=True)
+            data = d / "data" / rec.data
+            if owner.get(rec.data) != rec.id or not data.exists():
+                # uploaded; its journal record was in a group commit the crash cut
+                caller = Caller(pid=rec.pid, uid=rec.uid, gid=rec.gid, agent=rec.agent)
+                await self._replay_meta(ws, [ws.record("write", PutOp(path=rec.path, entry=rec.entry), caller)])
+            else:
+                await self._replay(ws, rec, data)
+            n += 1
         return n
 
     async def _replay(self, ws: Workspace, rec: QueuedWrite, data: Path) -> None:
@@ -464,9 +638,7 @@ class Writeback:
             node.entry = node.entry.model_copy(update={
                 k: getattr(entry, k) for k in ("mode", "uid", "gid", "xattrs")})
         of = ws._open_file(node)
-        local = ws.cache.new_dirty_path()
-        os.link(data, local)
-        ws._make_local(of, None, local)
+        ws._make_local(of, None, data)
         of.mtime_ns = rec.entry.mtime_ns
         of.base_etag = rec.base_etag
         of.last_path = rec.path
@@ -480,6 +652,30 @@ class Writeback:
         if of.dirty:
             raise AgentFSError(f"writeback: replay of {rec.path} did not settle")
         log.info("writeback: replayed %s%s", rec.path, " (kept as a conflict copy)" if detached else "")
+
+    async def _replay_meta(self, ws: Workspace, records: list[Record]) -> None:
+        """Commit metadata records a crash cut, where they still fit: a new
+        directory or symlink only where nothing is; new attributes only on an
+        entry of the same kind (its bytes and version are left alone)."""
+        out: list[Record] = []
+        for r in records:
+            op = r.op
+            if not isinstance(op, PutOp):
+                continue
+            node = ws.ns.resolve(op.path)
+            if node is None:
+                if op.entry.kind in ("d", "l"):
+                    out.append(r)
+                continue
+            if node.entry.kind != op.entry.kind:
+                log.warning("writeback: %s is a %s now; queued change not replayed", op.path, node.entry.kind)
+                continue
+            upd = {k: getattr(op.entry, k) for k in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "xattrs")}
+            if any(getattr(node.entry, k) != v for k, v in upd.items()):
+                out.append(r.model_copy(update={"op": PutOp(path=op.path, entry=node.entry.model_copy(
+                    update=upd))}))
+        if out:
+            await ws.commit(out)
 
     async def _parents(self, ws: Workspace, path: str, caller: Caller) -> Node:
         """The directory at ``path``, created (with its parents) if a mount removed it."""
