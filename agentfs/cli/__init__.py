@@ -87,7 +87,7 @@ def mount(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lock lease lives without renewal")] = 30.0,
     writeback: Annotated[bool, typer.Option(
-        "--writeback", help="close() returns once the file is in a crash-safe local queue; "
+        "--writeback", envvar="AGENTFS_WRITEBACK", help="close() returns once the file is in a crash-safe local queue; "
                             "uploads follow in the background (fsync and unmount wait for them)")] = False,
 ) -> None:
     """Mount a store (every top-level directory is a workspace) or one workspace.
