@@ -716,6 +716,8 @@ class FileSystem:
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
         for h in list(self.handles.values()):
+            if self.writeback is not None and h.of.dirty:
+                continue  # issue 6: a queued working copy stays for the next mount's replay
             h.of.close_local()
         self.cache.close()
         if self.writeback is not None:

@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
-from agentfs.errors import AgentFSError, Fenced, InvalidArgument
+from agentfs.errors import AgentFSError, Fenced
 from agentfs.identity import Caller
 from agentfs.models import PutOp, QueuedMeta, QueuedWrite, Record
 from agentfs.namespace import join, split
@@ -86,10 +86,18 @@ log = logging.getLogger(__name__)
 
 
 def _env_float(name: str, default: float) -> float:
+    """A tuning knob from the environment; a bad value is logged and ignored."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
     try:
-        return float(os.environ.get(name, default))
+        v = float(raw)
     except ValueError:
-        raise InvalidArgument(f"{name} must be a number") from None
+        v = -1.0
+    if not v >= 0:
+        log.warning("%s=%r is not a non-negative number; using %s", name, raw, default)
+        return default
+    return v
 
 
 #: A queued file is uploaded once no close of it came for this long (s).
@@ -99,7 +107,7 @@ MAX_AGE = _env_float("AGENTFS_WRITEBACK_MAX_AGE", 3.0)
 #: The mount counts as busy until it served no request for this long (s).
 QUIET = _env_float("AGENTFS_WRITEBACK_QUIET", 0.05)
 #: Concurrent uploads.
-PARALLEL = int(_env_float("AGENTFS_WRITEBACK_PARALLEL", 16))
+PARALLEL = max(1, int(_env_float("AGENTFS_WRITEBACK_PARALLEL", 16)))
 #: Beyond this many queued files a close uploads synchronously (back-pressure:
 #: every queued file keeps an open working copy).
 MAX_QUEUED = int(_env_float("AGENTFS_WRITEBACK_MAX_QUEUED", 4096))
