@@ -103,11 +103,13 @@ def _env_float(name: str, default: float) -> float:
 #: A queued file is uploaded once no close of it came for this long (s).
 DELAY = _env_float("AGENTFS_WRITEBACK_DELAY", 0.2)
 #: ...and at the latest after this long (s), even while the mount is busy.
-MAX_AGE = _env_float("AGENTFS_WRITEBACK_MAX_AGE", 3.0)
+MAX_AGE = _env_float("AGENTFS_WRITEBACK_MAX_AGE", 5.0)
 #: The mount counts as busy until it served no request for this long (s).
 QUIET = _env_float("AGENTFS_WRITEBACK_QUIET", 0.05)
 #: Concurrent uploads.
 PARALLEL = max(1, int(_env_float("AGENTFS_WRITEBACK_PARALLEL", 16)))
+#: Concurrent background uploads while the mount is busy (files older than MAX_AGE).
+BUSY_PARALLEL = max(1, int(_env_float("AGENTFS_WRITEBACK_BUSY_PARALLEL", 2)))
 #: Beyond this many queued files a close uploads synchronously (back-pressure:
 #: every queued file keeps an open working copy).
 MAX_QUEUED = int(_env_float("AGENTFS_WRITEBACK_MAX_QUEUED", 4096))
@@ -175,6 +177,7 @@ class Writeback:
         self._wake = trio.Event()
         self._changed = trio.Event()
         self._limit = trio.CapacityLimiter(PARALLEL)
+        self._trickle = trio.CapacityLimiter(BUSY_PARALLEL)
         #: queue files whose journal record is in a deferred group commit not yet
         #: written: removed once it is (see _prune)
         self._awaiting: list[tuple[Workspace, Any, str, str]] = []
@@ -436,22 +439,35 @@ class Writeback:
 
     # -- uploading ----------------------------------------------------------------------
 
-    async def _upload_one(self, q: _Queued) -> None:
-        """Upload one queued file (its lock serialises it with other uploads of it)."""
+    async def _upload_one(self, q: _Queued, *, background: bool = False) -> None:
+        """Upload one queued file (its lock serialises it with other uploads of it).
+
+        In the background, a file whose turn comes while the mount is busy
+        waits (until ``MAX_AGE``), then goes through a narrower gate
+        (:data:`BUSY_PARALLEL`): uploads must not starve request handling."""
         ws, of = q.ws, q.of
         q.uploading = True
         try:
             async with self._limit:
-                try:
-                    await ws._upload(of, q.caller)
-                except Fenced:
-                    pass  # locks (issue 4): kept as a conflict copy (settled)
+                if background and self.busy():
+                    if time.monotonic() - q.first < MAX_AGE:
+                        return  # the foreground came back: later
+                    async with self._trickle:
+                        await self._upload_call(q)
+                else:
+                    await self._upload_call(q)
             if not of.dirty:
                 self.settled(ws, of)
                 if of.handles <= 0:
                     ws._forget_open(of)
         finally:
             q.uploading = False
+
+    async def _upload_call(self, q: _Queued) -> None:
+        try:
+            await q.ws._upload(q.of, q.caller)
+        except Fenced:
+            pass  # locks (issue 4): kept as a conflict copy (settled)
 
     def _due(self, now: float, *, force: bool) -> list[_Queued]:
         if force:
@@ -490,7 +506,7 @@ class Writeback:
     async def _background_one(self, q: _Queued) -> None:
         try:
             with trio.CancelScope(shield=True):  # an upload and its commit are never cut halfway
-                await self._upload_one(q)
+                await self._upload_one(q, background=True)
         except (AgentFSError, OSError) as e:
             q.retry_at = time.monotonic() + RETRY_AFTER
             log.warning("writeback: upload of %s failed (%s); retrying", q.ws.ns.path_of(q.of.node), e)
