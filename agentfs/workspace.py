@@ -993,6 +993,8 @@ class Workspace:
                 await self._commit_meta(records)  # issue 6: deferred with --writeback
             else:
                 await self.commit(records)
+            if self.writeback is not None:
+                self.writeback.entry_changed(self, node)  # issue 6: a queued file's record follows
 
     # -- xattrs -------------------------------------------------------------------
 

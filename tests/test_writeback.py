@@ -80,7 +80,14 @@ def test_round_trip_and_another_mount_sees_files_after_the_queue_drains(
     pause.unlink()  # the background uploader drains the queue
     _wait(lambda: _status(a)["queued"] == 0)
     os.setxattr(a.path, CONTROL_SYNC, b"1")  # and the journal records are written
-    _wait(lambda: (b.path / "ws" / "log.jsonl").exists() and len(snapshot(b.path / "ws")[0]) == len(files) + 1)
+
+    def b_has_all() -> bool:
+        try:  # (the symlink may show before its target: a dangling read fails)
+            return len(snapshot(b.path / "ws")[0]) == len(files) + 1
+        except FileNotFoundError:
+            return False
+
+    _wait(b_has_all)
     got_b, _ = snapshot(b.path / "ws")
     assert got_b.pop("link") == files["d/e/f0"]
     assert got_b == files
@@ -144,6 +151,8 @@ def test_sigkill_with_a_full_queue_then_remount_replays_it(mounter: Callable[...
     (ws / "new/scratch").write_bytes(b"unlinked before upload")
     os.unlink(ws / "new/scratch")  # must not come back
     os.chmod(ws / "new/deep/f03", 0o600)
+    os.utime(ws / "new/deep/f04", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))  # as tar does
+    os.chmod(ws / "old/committed.txt", 0o640)  # a committed file, queued: chmod after its close
     (ws / "emptydir").mkdir()
     os.symlink("new/final", ws / "ln")
     assert _status(a)["queued"] > 0
@@ -164,6 +173,8 @@ def test_sigkill_with_a_full_queue_then_remount_replays_it(mounter: Callable[...
     assert set(got) == set(expected) | {"ln"}, set(got) ^ set(expected)
     assert {"new", "new/deep", "old", "emptydir"} <= dirs
     assert os.stat(c.path / "ws/new/deep/f03").st_mode & 0o777 == 0o600
+    assert os.stat(c.path / "ws/new/deep/f04").st_mtime_ns == 1_500_000_000_000_000_000
+    assert os.stat(c.path / "ws/old/committed.txt").st_mode & 0o777 == 0o640
     assert os.readlink(c.path / "ws/ln") == "new/final"
     assert c.unmount() == 0
     assert_check_clean(store_url)
