@@ -458,6 +458,10 @@ class FileSystem:
     async def getxattr(self, ino: int, name: str) -> bytes:
         if name == LOCK_XATTR and not self._is_top(ino):
             return await self._lock_xattr(ino, "get", b"", None)  # locks (issue 4)
+        if name == writeback.SYNC_XATTR and not self._is_top(ino):
+            node = self.node(ino)  # issue 6: is this file in the store yet? (read-only, not listed)
+            if isinstance(node.ns.owner, Workspace):
+                return writeback.sync_state(node.ns.owner, node)
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
             if name == CONTROL_PID:
                 return str(os.getpid()).encode()

@@ -80,7 +80,8 @@ if TYPE_CHECKING:
     from agentfs.vfs import FileSystem
     from agentfs.workspace import OpenFile, Workspace
 
-__all__ = ["DELAY", "FSYNC", "MAX_AGE", "MAX_QUEUED", "PARALLEL", "Writeback", "queue_root"]
+__all__ = ["DELAY", "FSYNC", "MAX_AGE", "MAX_QUEUED", "PARALLEL", "SYNC_XATTR", "Writeback", "queue_root",
+           "sync_state"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ COMPARE_MAX = 64 << 20
 
 
 LOG = "queue.log"
+#: Read-only, per file: whether its last close is in the store yet (not listed by listxattr).
+SYNC_XATTR = "user.agentfs.sync"
 #: Rewrite the log with its live records when it grows past this (bytes).
 COMPACT_BYTES = 16 << 20
 
@@ -724,6 +727,23 @@ class Writeback:
         except AgentFSError:
             return False
         return theirs == data.read_bytes()
+
+
+def sync_state(ws: Workspace, node: Node) -> bytes:
+    """The value of :data:`SYNC_XATTR`: ``{"state": S}`` with S ``queued`` (closed,
+    waiting in the writeback queue, with ``"age"`` seconds), ``uploading``, ``dirty``
+    (written, not closed or not uploaded yet) or ``synced`` (in the store; its journal
+    record may still be in the group commit, at most about 0.25 s)."""
+    wb = ws.writeback
+    q = wb.entries.get((ws.name, node.ino)) if isinstance(wb, Writeback) else None
+    of = ws.open_files.get(node.ino)
+    if q is not None:
+        state = {"state": "uploading" if q.uploading else "queued", "age": round(time.monotonic() - q.first, 3)}
+    elif (of is not None and of.dirty) or node.pending:
+        state = {"state": "dirty"}
+    else:
+        state = {"state": "synced"}
+    return json.dumps(state).encode()
 
 
 def _raise_nofile() -> None:

@@ -73,12 +73,15 @@ def test_round_trip_and_another_mount_sees_files_after_the_queue_drains(
     assert os.readlink(ws / "link") == "d/e/f0"
     assert os.stat(ws / "d/e/f1").st_mode & 0o777 == 0o600
     assert _status(a)["queued"] == len(files)
+    assert json.loads(os.getxattr(ws / "d/e/f3", "user.agentfs.sync"))["state"] == "queued"
+    assert "user.agentfs.sync" not in os.listxattr(ws / "d/e/f3")
 
     b = mounter(store_url)  # another mount: nothing uploaded yet
     assert not (b.path / "ws" / "log.jsonl").exists()
 
     pause.unlink()  # the background uploader drains the queue
     _wait(lambda: _status(a)["queued"] == 0)
+    assert json.loads(os.getxattr(ws / "d/e/f3", "user.agentfs.sync")) == {"state": "synced"}
     os.setxattr(a.path, CONTROL_SYNC, b"1")  # and the journal records are written
 
     def b_has_all() -> bool:
