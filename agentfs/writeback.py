@@ -30,7 +30,7 @@ The record is removed when the file's upload settles (uploaded, or kept as a
 conflict copy, or the file was removed here): :meth:`Writeback.settled`.
 
 Durability points: ``fsync(file)`` uploads that file and commits its record;
-``fsync(dir)``/``syncfs``, the control xattr ``user.agentfs.mount.sync``,
+``fsync(dir)``, the control xattr ``user.agentfs.mount.sync``,
 releasing a lock lease, creating a checkpoint and unmount drain the whole
 queue (:meth:`Writeback.drain`) first.
 
