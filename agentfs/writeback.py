@@ -4,15 +4,20 @@ In the default mode a close returns once the file's bytes are in the store.
 With ``agentfs mount --writeback`` a close (FUSE ``flush``/``release``)
 returns once the file is in the **on-disk queue** of this mount:
 
-- its working copy (already a file in the cache directory) is hard-linked
-  as ``<queue>/<id>.data``, so the queue always holds the latest closed bytes;
-- a :class:`~agentfs.models.QueuedWrite` record ``<queue>/<id>.json`` names
+- its working copy already lives in the queue directory's ``data/`` (the
+  mount points ``Cache.dirty_dir`` there), so the queue holds the latest
+  closed bytes without a copy;
+- a :class:`~agentfs.models.QueuedWrite` line appended to ``queue.log`` names
   it: workspace, path, the store version the bytes derive from (``base_etag``),
-  the entry (mode, owner, mtime, xattrs), who wrote it.  It is written to a
-  temporary name and renamed into place, so it is never torn;
-- with :data:`FSYNC` (``AGENTFS_WRITEBACK_FSYNC=1``) the data, the record and
-  the directory are also fsync'd before the close returns (power-loss safe;
-  without it the queue survives a crash of the mount process or of the
+  the entry (mode, owner, mtime, xattrs), who wrote it.  One ``write(2)`` per
+  close (none when nothing a replay needs changed); a torn last line is
+  ignored at replay.  Metadata commits (mkdir, symlink, setattr) are queued as
+  :class:`~agentfs.models.QueuedMeta` lines (:meth:`Writeback.defer_meta`);
+  ``{"done": id}`` lines finish records; the log is truncated whenever nothing
+  is live and compacted past :data:`COMPACT_BYTES`;
+- with :data:`FSYNC` (``AGENTFS_WRITEBACK_FSYNC=1``) the data, the log and
+  the data directory are also fsync'd before the close returns (power-loss
+  safe; without it the queue survives a crash of the mount process or of the
   sandbox, which is what agents meet, but not a host power loss).
 
 The mount's own view shows the file at once (it stays an open, dirty working
@@ -26,15 +31,17 @@ close came for :data:`DELAY` seconds (or it waited :data:`MAX_AGE`).  While the
 mount is busy serving requests the uploader holds back (up to ``MAX_AGE``) so
 it does not compete with the foreground for the CPU (the GIL).
 
-The record is removed when the file's upload settles (uploaded, or kept as a
-conflict copy, or the file was removed here): :meth:`Writeback.settled`.
+A record is done when the file's upload settles (uploaded, or kept as a
+conflict copy, or the file was removed here: :meth:`Writeback.settled`) and
+the upload's journal record is written (the deferred group commit).  A file
+not uploaded yet is renamed in the local tree only (:meth:`Writeback.rename_local`).
 
 Durability points: ``fsync(file)`` uploads that file and commits its record;
 ``fsync(dir)``, the control xattr ``user.agentfs.mount.sync``,
 releasing a lock lease, creating a checkpoint and unmount drain the whole
 queue (:meth:`Writeback.drain`) first.
 
-Crash recovery: the queue lives in ``<cache dir>/writeback/<store hash>-<n>/``
+Crash recovery: the queue lives in ``<cache dir>/writeback/<store hash>/<n>/``
 (not under the per-mount cache, which is wiped at mount).  A mount holds an
 ``flock`` on its queue directory; the next mount of the same store with the
 same cache directory replays every queue directory nobody holds
