@@ -90,6 +90,10 @@ class Cache:
         self._files: OrderedDict[str, BlockFile] = OrderedDict()
         self._bytes = 0
         self._counter = itertools.count()
+        #: issue 6: --writeback keeps working copies in its crash-safe queue
+        #: directory (agentfs/writeback.py), named with the mount's prefix
+        self.dirty_dir = root / "dirty"
+        self.dirty_prefix = ""
         self._nursery: trio.Nursery | None = None
         self._ra_limit = trio.CapacityLimiter(READAHEAD_CONCURRENCY)
 
@@ -278,7 +282,7 @@ class Cache:
         return dst
 
     def new_dirty_path(self) -> Path:
-        return self.root / "dirty" / str(next(self._counter))
+        return self.dirty_dir / f"{self.dirty_prefix}{next(self._counter)}"
 
     def _evict_one(self, name: str) -> None:
         bf = self._files.pop(name)

@@ -49,3 +49,4 @@ class MountConfig(BaseModel):
     lease_ttl: float = Field(default=30.0, gt=0)  # locks (issue 4): seconds a lease lives unrenewed
     log_file: str | None = None
     log_level: str = "info"
+    writeback: bool = False  # issue 6: close returns once queued on local disk (agentfs/writeback.py)

@@ -360,3 +360,43 @@ class Checkpoint(_Versioned):
     files: int = 0
     bytes: int = 0
     forks: list[str] = Field(default_factory=list)
+
+# -- writeback (issue 6): the crash-safe on-disk upload queue, see agentfs/writeback.py --
+
+
+class QueuedWrite(_Versioned):
+    """One closed file waiting for its upload in ``--writeback`` mode.
+
+    Stored as ``<queue dir>/<id>.json`` next to ``<id>.data`` (a hard link to
+    the file's working copy, so it always holds the latest closed bytes).
+    ``entry`` is the file's entry as the writer left it (mode, owner, mtime,
+    xattrs); ``base_etag`` the store version the bytes derive from (None for a
+    new file), so a replay after a crash keeps the conflict rules.
+    """
+
+    id: str
+    workspace: str
+    path: str
+    base_etag: str | None = None
+    #: the working copy's file name in ``<queue dir>/data/``
+    data: str
+    entry: Entry
+    agent: str = ""
+    pid: int | None = None
+    uid: int = 0
+    gid: int = 0
+    mount: str = ""
+    queued: float = Field(default_factory=time.time)
+
+
+class QueuedMeta(_Versioned):
+    """Metadata records (mkdir, symlink, chmod/utimens) of one deferred group
+    commit in ``--writeback`` mode, as queued (``<queue dir>/m<time>-<n>.json``)
+    until the commit is written; replayed after a crash where they still fit."""
+
+    id: str
+    workspace: str
+    records: list[Record]
+
+
+__all__ += ["QueuedMeta", "QueuedWrite"]

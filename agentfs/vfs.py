@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints, garbage, groupcommit
+from agentfs import agentstate, checkpoints, garbage, groupcommit, writeback
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -100,6 +100,7 @@ class FileSystem:
         scan_interval: float = 60.0,
         connections: int = 32,
         lease_ttl: float = DEFAULT_TTL,
+        writeback_mode: bool = False,
     ) -> None:
         self.store = store
         self.single = workspace
@@ -140,6 +141,15 @@ class FileSystem:
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
 
+        #: issue 6: --writeback: closes return once the file is in this on-disk queue
+        self.writeback: writeback.Writeback | None = None
+        if writeback_mode and not read_only:
+            self.writeback = writeback.Writeback(
+                cache_dir, store.url, mount_id=self.mount_id,
+                busy=lambda: self._requests > 0 or time.monotonic() - self._last_access < writeback.QUIET)
+            self.cache.dirty_dir = self.writeback.data_dir
+            self.cache.dirty_prefix = f"{self.mount_id}-"
+
     # -- workspaces ------------------------------------------------------------
 
     async def start(self) -> None:
@@ -149,6 +159,8 @@ class FileSystem:
             await self._load(self.single, create=not self.read_only, root_ino=ROOT_INODE)
         else:
             await self.refresh_names()
+        if self.writeback is not None:
+            await self.writeback.recover(self)  # issue 6: a crashed mount's queue first
 
     async def refresh_names(self) -> None:
         names = await trio.to_thread.run_sync(self._list_names, limiter=self.limiter)
@@ -184,6 +196,7 @@ class FileSystem:
             ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
             ws.flusher = self.flusher  # issue 6: closes do not wait for their journal record
             ws.garbage.collector = self.collector  # issue 6: old keys deleted after the syscall
+            ws.writeback = self.writeback  # issue 6: --writeback queue (None: durable close)
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -322,6 +335,8 @@ class FileSystem:
         pnode = self.node(parent)
         ws = self._ws(pnode)
         if isinstance(ws, checkpoints.SnapshotsDir):
+            if self.writeback is not None:
+                await self.writeback.drain()  # issue 6: a checkpoint includes queued closes
             node = await ws.mkdir_checkpoint(name, caller)  # mkdir .snapshots/NAME
             view = node.ns.owner  # issue 7: the view's root as of the checkpoint (see lookup)
             if isinstance(view, checkpoints.SnapshotView):
@@ -455,12 +470,18 @@ class FileSystem:
     async def getxattr(self, ino: int, name: str) -> bytes:
         if name == LOCK_XATTR and not self._is_top(ino):
             return await self._lock_xattr(ino, "get", b"", None)  # locks (issue 4)
+        if name == writeback.SYNC_XATTR and not self._is_top(ino):
+            node = self.node(ino)  # issue 6: is this file in the store yet? (read-only, not listed)
+            if isinstance(node.ns.owner, Workspace):
+                return writeback.sync_state(node.ns.owner, node)
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
             if name == CONTROL_PID:
                 return str(os.getpid()).encode()
             if name == CONTROL_STATUS:
                 dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
-                return f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "store": "{self.store.url}"}}'.encode()
+                queued = self.writeback.pending if self.writeback is not None else 0  # issue 6
+                return (f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "queued": {queued}, '
+                        f'"store": "{self.store.url}"}}').encode()
             raise NoAttribute(path=name)
         if self._is_top(ino):
             raise NoAttribute(path=name)
@@ -531,6 +552,8 @@ class FileSystem:
 
     async def sync_all(self, caller: Caller | None = None) -> None:
         caller = caller or Caller.current(self.agent)
+        if self.writeback is not None:
+            await self.writeback.drain()  # issue 6: queued closes, in parallel
         for ws in list(self.workspaces.values()):
             await ws.sync(caller)
 
@@ -672,11 +695,15 @@ class FileSystem:
             for ws in self.workspaces.values():
                 ws.garbage.collector = self.collector
             nursery.start_soon(self.collector.run, lambda: list(self.workspaces.values()))
+        if self.writeback is not None:  # issue 6: the --writeback uploader
+            nursery.start_soon(self.writeback.run)
 
     async def fsyncdir(self, fh: int) -> None:
         """issue 6: fsync of a directory makes the entries of earlier closes durable
         in the journal (every workspace's deferred records are committed)."""
         del fh
+        if self.writeback is not None:
+            await self.writeback.drain()  # issue 6: --writeback: queued closes too
         for ws in list(self.workspaces.values()):
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
@@ -685,6 +712,8 @@ class FileSystem:
         """issue 6: commit a workspace's deferred records (before a lease is released)."""
         ws = self.workspaces.get(name)
         if ws is not None:
+            if self.writeback is not None:
+                await self.writeback.drain(ws)  # issue 6: what the holder wrote, before others may
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
 
@@ -708,6 +737,10 @@ class FileSystem:
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
         for h in list(self.handles.values()):
+            if self.writeback is not None and h.of.dirty:
+                continue  # issue 6: a queued working copy stays for the next mount's replay
             h.of.close_local()
         self.cache.close()
+        if self.writeback is not None:
+            self.writeback.close()  # issue 6: what is still queued is replayed by the next mount
 

@@ -270,6 +270,9 @@ class Workspace:
         #: issue 6: deletes of committed garbage (old keys of unlinks and renames),
         #: drained by the mount's collector after the syscall returned (agentfs/garbage.py)
         self.garbage = garbage.Garbage(self)
+        #: issue 6: the --writeback queue (agentfs/writeback.py), set by the mount:
+        #: closes then queue the upload on local disk instead of waiting for it.
+        self.writeback: Any = None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -411,6 +414,15 @@ class Workspace:
         self._queue.append(_Pending(records, deferred=True))
         self.flusher.notify(self.deferred_pending)
 
+    async def _commit_meta(self, records: list[Record]) -> None:
+        """issue 6: with --writeback, metadata records (mkdir, symlink, setattr)
+        go through the crash-safe queue into the next group commit; otherwise
+        they are committed now."""
+        if self.writeback is not None and self.flusher is not None:
+            await self.writeback.defer_meta(self, records)
+        else:
+            await self.commit(records)
+
     @property
     def deferred_pending(self) -> int:
         """Records queued by deferred commits and not yet written."""
@@ -535,7 +547,7 @@ class Workspace:
             self._check_new(parent, name)
             path = join(self._path(parent), name)
             entry = self._new_entry("d", mode, caller)
-            await self.commit([self.record("mkdir", PutOp(path=path, entry=entry), caller),
+            await self._commit_meta([self.record("mkdir", PutOp(path=path, entry=entry), caller),
                                *await self._touch_dir(parent, caller)])
             return self.lookup(parent, name)
 
@@ -546,7 +558,7 @@ class Workspace:
                 raise NameTooLong("symlink target too long")
             path = join(self._path(parent), name)
             entry = self._new_entry("l", 0o777, caller, target=target)
-            await self.commit([self.record("symlink", PutOp(path=path, entry=entry), caller),
+            await self._commit_meta([self.record("symlink", PutOp(path=path, entry=entry), caller),
                                *await self._touch_dir(parent, caller)])
             return self.lookup(parent, name)
 
@@ -734,8 +746,11 @@ class Workspace:
         streaming.truncated(of, size)  # issue 6
 
     async def flush(self, of: OpenFile, caller: Caller) -> None:
-        """Upload the file if it changed and commit its entry (durable on return)."""
+        """Upload the file if it changed and commit its entry (durable on return;
+        with --writeback: in the crash-safe local queue on return)."""
         if of.dirty:
+            if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
+                return  # issue 6: --writeback (agentfs/writeback.py)
             await self._upload(of, caller)
 
     async def release(self, of: OpenFile, caller: Caller) -> None:
@@ -751,6 +766,8 @@ class Workspace:
         if of.handles > 0:
             return
         if of.dirty:
+            if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
+                return  # issue 6: --writeback: kept open and queued (agentfs/writeback.py)
             try:
                 await self._upload(of, caller)
             except Fenced:
@@ -785,7 +802,11 @@ class Workspace:
         # Shielded: an upload and its commit are never cancelled halfway (a
         # cancelled commit after a finished PUT would turn into a false conflict).
         with trio.CancelScope(shield=True):
-            await self._upload_now(of, caller)
+            try:
+                await self._upload_now(of, caller)
+            finally:
+                if self.writeback is not None and not of.dirty:
+                    self.writeback.settled(self, of)  # issue 6: drop its queue record
 
     async def _upload_now(self, of: OpenFile, caller: Caller) -> None:
         async with self.ns_lock.shared(), of.lock:
@@ -898,7 +919,8 @@ class Workspace:
         of.base_etag = cur.entry.etag if cur is not None else None
 
     async def fsync(self, of: OpenFile, caller: Caller) -> None:
-        await self.flush(of, caller)
+        if of.dirty:
+            await self._upload(of, caller)  # durable, also with --writeback (issue 6)
         await self.flush_deferred()  # issue 6: fsync waits for the journal record too
 
     # -- changing attributes ----------------------------------------------------
@@ -947,13 +969,19 @@ class Workspace:
             new = node.entry.model_copy(update=upd)
             if node.pending:
                 node.entry = new  # committed with the data on first flush
+                if self.writeback is not None:
+                    self.writeback.entry_changed(self, node)  # issue 6: its queue record follows
                 return
             path = self._path(node)
             records = [self.record(action, PutOp(path=path, entry=new), caller, **detail)]
-            if action == "setattr" and groupcommit.rides_along(self, node, path):
+            if action == "setattr" and self.writeback is None and groupcommit.rides_along(self, node, path):
                 self.commit_deferred(records)  # issue 6: as durable as the record it follows
-                return
-            await self.commit(records)
+            elif action == "setattr":
+                await self._commit_meta(records)  # issue 6: deferred with --writeback
+            else:
+                await self.commit(records)
+            if self.writeback is not None:
+                self.writeback.entry_changed(self, node)  # issue 6: a queued file's record follows
 
     # -- xattrs -------------------------------------------------------------------
 
@@ -1027,11 +1055,15 @@ class Workspace:
                 of.unlinked = True
             if node.pending:
                 self.ns.detach(node)
+                if of is not None and self.writeback is not None:
+                    self.writeback.discard(self, of)  # issue 6: never uploaded, never will be
                 return
             path = self._path(node)
             await checkpoints.preserve(self, path, node.entry)  # checkpoints: copy-on-write
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
+            if of is not None and self.writeback is not None:
+                self.writeback.discard(self, of)  # issue 6: its queued bytes are garbage now
             if node.entry.kind == "f" and node.entry.etag is not None:
                 await self.garbage.add([(self.key(path), node.entry.etag)])
 
@@ -1066,6 +1098,9 @@ class Workspace:
                      caller: Caller, *, noreplace: bool = False) -> None:
         self._writable()
         check_name(new_name)
+        if self.writeback is not None and await self.writeback.rename_local(
+                self, old_parent, old_name, new_parent, new_name, noreplace=noreplace):
+            return  # issue 6: --writeback: a file not uploaded yet moves locally
         of = self.open_files.get(self.lookup(old_parent, old_name).ino)
         if of is not None and of.dirty:
             # A file never uploaded (or changed since) reaches the store first,

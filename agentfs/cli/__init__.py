@@ -86,6 +86,9 @@ def mount(
     log_file: Annotated[str | None, typer.Option(help="Log file (default: stderr)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lock lease lives without renewal")] = 30.0,
+    writeback: Annotated[bool, typer.Option(
+        "--writeback", envvar="AGENTFS_WRITEBACK", help="close() returns once the file is in a crash-safe local queue; "
+                            "uploads follow in the background (fsync and unmount wait for them)")] = False,
 ) -> None:
     """Mount a store (every top-level directory is a workspace) or one workspace.
 
@@ -105,7 +108,7 @@ def mount(
         foreground=foreground, agent=agent or os.environ.get("AGENTFS_AGENT", ""),
         read_only=read_only, endpoint_url=endpoint_url, allow_other=allow_other,
         scan_interval=scan_interval, log_file=os.path.abspath(log_file) if log_file else None,
-        log_level=log_level, lease_ttl=lease_ttl, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
+        log_level=log_level, lease_ttl=lease_ttl, writeback=writeback, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
     )
     raise typer.Exit(run_mount(cfg))
 

@@ -52,7 +52,7 @@ async def _serve(cfg: MountConfig, ready_fd: int | None) -> None:
     store = open_store(cfg.store_url, endpoint_url=cfg.endpoint_url)
     fs = FileSystem(store, cache_dir=Path(cfg.cache_dir), workspace=cfg.workspace, agent=cfg.agent,
                     read_only=cfg.read_only, scan_interval=cfg.scan_interval,
-                    lease_ttl=cfg.lease_ttl)
+                    lease_ttl=cfg.lease_ttl, writeback_mode=cfg.writeback)
     await fs.start()
     fs.notifier = FuseNotifier()
     ops = Operations(fs)
