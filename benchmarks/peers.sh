@@ -17,6 +17,9 @@ REPS=${1:-3}
 shift || true
 OUT="$HERE/results"
 STAMP=$(date -u +%Y%m%d-%H%M%S)
+# A scratch directory of our own: two harness runs sharing _local/scratch unmount and
+# delete each other's files.
+SCRATCH=$(mktemp -d /tmp/agentfs-peers-XXXXXX)
 mkdir -p "$OUT"
 [ -x "$BENCH/_local/venv/bin/python" ] || { echo "peers.sh: run $BENCH/setup.sh first" >&2; exit 2; }
 
@@ -26,7 +29,7 @@ run() {  # run LABEL TARGETS [mount args for agentfs...]
     echo "== $label: $targets (agentfs mount args: ${*:-none})"
     (cd "$BENCH" && AGENTFS_CMD="$HERE/agentfs-foreground" AGENTFS_MOUNT_ARGS="$*" \
         _local/venv/bin/python -m agentbench run --targets "$targets" --reps "$REPS" \
-        --out "$OUT/peers-$STAMP-$label" $EXTRA)
+        --out "$OUT/peers-$STAMP-$label" --scratch "$SCRATCH/$label" $EXTRA)
 }
 
 EXTRA="$*"
@@ -35,4 +38,5 @@ run durable local,passthrough,agentfs,juicefs,rclone-writes
 if "$HERE/../.venv/bin/agentfs" mount --help 2>/dev/null | grep -q -- --writeback; then
     run writeback local,passthrough,agentfs,rclone-writes --writeback
 fi
+rm -rf "$SCRATCH"
 ls -1 "$OUT"/peers-"$STAMP"-* 2>/dev/null || true
