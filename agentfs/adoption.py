@@ -26,12 +26,15 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import trio
+
 from agentfs import groupcommit, intents
 from agentfs.errors import BadName, NameTooLong, NotFound, Stale
 from agentfs.identity import Caller
 from agentfs.models import DelOp, Entry, PutOp, Record
 from agentfs.names import check_name
 from agentfs.namespace import Changes
+from agentfs.store.base import ObjectInfo
 
 if TYPE_CHECKING:
     from agentfs.namespace import Node
@@ -69,6 +72,7 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         # issue 6: commits made while we listed (a remove after its object
         # was listed) are known before anything is adopted at once.
         await ws.pull()
+        await _await_young_records(ws, objects)
     caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
     records: list[Record] = []
     leftovers: list[tuple[str, str]] = []
@@ -128,6 +132,29 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         await ws._delete_keys(leftovers)
         log.info("workspace %s: removed %d leftover objects", ws.name, len(leftovers))
     return len(records)
+
+
+def _untracked(ws: Workspace, path: str, etag: str) -> bool:
+    node = ws.ns.resolve(path)
+    return node is None or (node.entry.kind == "f" and node.entry.etag != etag and not node.entry.data_key
+                            and not node.pending and node.ino not in ws.open_files)
+
+
+async def _await_young_records(ws: Workspace, objects: dict[str, ObjectInfo]) -> None:
+    """Before adopting at once (at mount): an untracked object younger than
+    :data:`~agentfs.groupcommit.YOUNG` may be a live mount's close whose
+    deferred record is on its way; pull the journal a few times (about 1.5 s in
+    all) while such objects remain, so the record, not a redundant adoption,
+    describes them.  A crashed writer's objects are adopted right after."""
+    wall = time.time()
+    young = {p for p, o in objects.items()
+             if p and not p.endswith("/") and wall - o.mtime < groupcommit.YOUNG and _untracked(ws, p, o.etag)}
+    for pause in groupcommit.AWAIT_STEPS:
+        if not young:
+            return
+        await trio.sleep(pause)
+        await ws.pull()
+        young = {p for p in young if _untracked(ws, p, objects[p].etag)}
 
 
 async def refresh_version(ws: Workspace, node: Node, key: str) -> None:

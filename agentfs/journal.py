@@ -29,7 +29,7 @@ from agentfs.errors import CorruptRecord, NotFound, PreconditionFailed
 from agentfs.models import Commit, State
 from agentfs.store.base import ObjectStore
 
-__all__ = ["COMPACT_EVERY", "META", "Journal", "workspace_prefix"]
+__all__ = ["COMPACT_EVERY", "META", "Journal", "conditional_create_enforced", "workspace_prefix"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,26 @@ COMPACT_EVERY = max(1, int(os.environ.get("AGENTFS_COMPACT_EVERY", "500") or 500
 
 def workspace_prefix(ws: str) -> str:
     return f"{META}/{ws}/"
+
+
+def conditional_create_enforced(store: ObjectStore, token: str) -> bool:
+    """Does ``store`` refuse a second create of one key (``If-None-Match: *``)?
+
+    The journal's total order rests on it: two mounts that commit the same
+    sequence number at once must not both succeed.  AWS S3, MinIO, moto and the
+    local store enforce it; ``rclone serve s3`` (v1.75) ignores the header, so
+    there concurrent commits of two mounts can overwrite each other.  Two PUTs
+    and a DELETE of ``.agentfs/probe/<token>`` (synchronous store I/O).
+    """
+    key = f"{META}/probe/{token}"
+    store.put(key, b"1", if_absent=True)
+    try:
+        store.put(key, b"2", if_absent=True)
+    except PreconditionFailed:
+        return True
+    finally:
+        store.delete(key)
+    return False
 
 
 class Journal:

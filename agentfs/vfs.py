@@ -40,7 +40,7 @@ from agentfs.errors import (
     WouldBlock,
 )
 from agentfs.identity import Caller
-from agentfs.journal import META
+from agentfs.journal import META, conditional_create_enforced
 from agentfs.locks import DEFAULT_TTL, LOCK_XATTR, LeaseManager, break_record, parse_lock_value
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
@@ -136,6 +136,8 @@ class FileSystem:
         self.flusher: groupcommit.Flusher | None = None
         #: issue 6: deletes garbage keys in the background (agentfs/garbage.py)
         self.collector: garbage.Collector | None = None
+        #: whether the store refuses a second conditional create (probed at start)
+        self.cas = True
         self.leases.before_release = self._flush_deferred_of
 
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
@@ -154,6 +156,14 @@ class FileSystem:
 
     async def start(self) -> None:
         """Load the mounted workspace (single mode) or list them (whole store)."""
+        if not self.read_only:
+            self.cas = await trio.to_thread.run_sync(conditional_create_enforced, self.store, self.mount_id,
+                                                     limiter=self.limiter)
+            if not self.cas:
+                log.warning("%s does not enforce conditional creates (If-None-Match): two mounts that "
+                            "commit to one workspace at once can overwrite each other's journal commits; "
+                            "mount each workspace only once on this store (docs/SEMANTICS.md, "
+                            "store requirements)", self.store.url)
         if self.single is not None:
             check_workspace_name(self.single)
             await self._load(self.single, create=not self.read_only, root_ino=ROOT_INODE)
@@ -481,7 +491,7 @@ class FileSystem:
                 dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
                 queued = self.writeback.pending if self.writeback is not None else 0  # issue 6
                 return (f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "queued": {queued}, '
-                        f'"store": "{self.store.url}"}}').encode()
+                        f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}}}').encode()
             raise NoAttribute(path=name)
         if self._is_top(ino):
             raise NoAttribute(path=name)

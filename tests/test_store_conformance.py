@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from agentfs import errors
+from agentfs.journal import conditional_create_enforced
 from agentfs.store import LocalStore, MemoryStore, ObjectInfo, ObjectStore, open_store
 from agentfs.store.local import TMP_DIR
 from agentfs.store.retry import unwrap
@@ -851,3 +852,20 @@ def _always_break(resp: Any, method: str) -> Any:
     if method == "get_object":
         resp["Body"] = _BreakingBody(resp["Body"], after=0)
     return resp
+
+
+def test_conditional_create_is_enforced(store: ObjectStore) -> None:
+    """Every backend agentfs supports refuses a second create of one key; the
+    mount probes it at start (``journal.conditional_create_enforced``)."""
+    assert conditional_create_enforced(store, "t1")
+    assert not any(o.key.startswith(".agentfs/probe/") for o in store.list(".agentfs/"))
+
+
+def test_probe_detects_a_store_that_ignores_if_none_match() -> None:
+    """``rclone serve s3`` (v1.75) accepts ``If-None-Match: *`` on an existing key:
+    the probe says so (and the mount warns)."""
+    class Ignoring(MemoryStore):
+        def put(self, key: str, data: bytes, **kw: object) -> ObjectInfo:
+            return super().put(key, data)
+
+    assert not conditional_create_enforced(Ignoring(), "t2")
