@@ -55,13 +55,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import BaseModel, ValidationError
 
+from agentfs.entryreads import EntryReads
 from agentfs.errors import (
     AgentFSError,
     AlreadyExists,
     BadName,
     Busy,
     InvalidArgument,
-    NoAttribute,
     NotADirectory,
     NotFound,
     PreconditionFailed,
@@ -804,7 +804,7 @@ def _ro(*_: Any, **__: Any) -> Any:
     raise ReadOnly("checkpoints are read-only")
 
 
-class _View:
+class _View(EntryReads):
     """What the filesystem layer needs from a node's owner, read-only."""
 
     def __init__(self, ws: Workspace) -> None:
@@ -837,20 +837,6 @@ class _View:
             if node.children is not None else 1
         return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, e.mtime_ns,
                     max(e.ctime_ns, e.mtime_ns), e.atime_ns if e.atime_ns is not None else e.mtime_ns)
-
-    def readlink(self, node: Node) -> str:
-        if node.entry.kind != "l":
-            raise InvalidArgument("not a symlink")
-        return node.entry.target or ""
-
-    def getxattr(self, node: Node, name: str) -> bytes:
-        v = node.entry.xattrs.get(name)
-        if v is None:
-            raise NoAttribute(path=name)
-        return decode_xattr(v)
-
-    def listxattr(self, node: Node) -> list[str]:
-        return sorted(node.entry.xattrs)
 
     async def open(self, node: Node, *, write: bool, truncate: bool, append: bool, caller: Caller) -> OpenFile:
         from agentfs.workspace import OpenFile

@@ -48,6 +48,7 @@ import trio
 
 from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents, streaming
 from agentfs.cache import Cache
+from agentfs.entryreads import EntryReads
 from agentfs.errors import (
     AlreadyExists,
     CorruptRecord,
@@ -74,7 +75,6 @@ from agentfs.models import (
     MoveOp,
     PutOp,
     Record,
-    decode_xattr,
     encode_xattr,
 )
 from agentfs.names import MAX_NAME, check_name, check_workspace_name
@@ -208,7 +208,7 @@ class _Pending:
     deferred: bool = False
 
 
-class Workspace:
+class Workspace(EntryReads):
     """One workspace of a store.  Create with :meth:`open`."""
 
     def __init__(
@@ -510,11 +510,6 @@ class Workspace:
         if node.children is None:
             raise NotADirectory()
         return sorted(node.children.items())
-
-    def readlink(self, node: Node) -> str:
-        if node.entry.kind != "l":
-            raise InvalidArgument("not a symlink")
-        return node.entry.target or ""
 
     # -- creating -------------------------------------------------------------
 
@@ -991,15 +986,6 @@ class Workspace:
             raise NotSupported("only user.* extended attributes are supported")
         if len(name.encode()) > MAX_XATTR_NAME or name == "user.":
             raise NameTooLong("xattr name too long") if name != "user." else InvalidArgument("empty xattr name")
-
-    def getxattr(self, node: Node, name: str) -> bytes:
-        v = node.entry.xattrs.get(name)
-        if v is None:
-            raise NoAttribute(path=name)
-        return decode_xattr(v)
-
-    def listxattr(self, node: Node) -> list[str]:
-        return sorted(node.entry.xattrs)
 
     async def setxattr(self, node: Node, name: str, value: bytes, caller: Caller) -> None:
         self._writable()

@@ -11,54 +11,17 @@ import hashlib
 import json
 import random
 import re
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 import agentfs
 from agentfs.api import WorkspaceClient
-from agentfs.check import check_store
 from agentfs.models import Commit
 from agentfs.store import open_store
+from tests.fixtures_api import WS
 
 MiB = 1 << 20
-WS = "ws"
-
-
-@pytest.fixture(params=["memory", "file", "s3"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store URL; the store must be consistent when the test is done."""
-    if request.param == "memory":
-        u = f"memory://t{uuid.uuid4().hex}"
-    elif request.param == "file":
-        u = f"file://{tmp_path}/store"
-    else:
-        u = request.getfixturevalue("s3_url")
-    yield u
-    store = open_store(u)
-    try:
-        rep = check_store(store)
-    finally:
-        store.close()
-    assert rep.clean, rep.model_dump_json(indent=2)
-
-
-@pytest.fixture
-def clients(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., WorkspaceClient]]:
-    """Factory of clients of workspace ``ws`` of ``url``; all closed at teardown."""
-    monkeypatch.delenv("AGENTFS_AGENT", raising=False)
-    opened: list[WorkspaceClient] = []
-
-    def make(ws: str = WS, **kw) -> WorkspaceClient:
-        c = agentfs.open_workspace(url, ws, **kw)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
 
 
 @pytest.fixture

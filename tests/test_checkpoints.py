@@ -8,54 +8,17 @@ ends with ``agentfs check`` finding the store consistent.
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-import agentfs
 from agentfs.api import WorkspaceClient
-from agentfs.check import check_store
 from agentfs.checkpoints import blob_id, gc, parse_duration, state_at
 from agentfs.errors import AlreadyExists, BadName, Busy, NotFound
 from agentfs.journal import META
 from agentfs.store import open_store
-
-WS = "ws"
-
-
-@pytest.fixture(params=["memory", "file", "s3"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
-        u = f"memory://cp{uuid.uuid4().hex}"
-    elif request.param == "file":
-        u = f"file://{tmp_path}/store"
-    else:
-        u = request.getfixturevalue("s3_url")
-    yield u
-    store = open_store(u)
-    try:
-        rep = check_store(store)
-    finally:
-        store.close()
-    assert rep.clean, rep.model_dump_json(indent=2)
-
-
-@pytest.fixture
-def clients(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., WorkspaceClient]]:
-    monkeypatch.delenv("AGENTFS_AGENT", raising=False)
-    opened: list[WorkspaceClient] = []
-
-    def make(ws: str = WS, **kw: Any) -> WorkspaceClient:
-        c = agentfs.open_workspace(url, ws, **kw)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
+from tests.fixtures_api import WS
 
 
 def blobs(url: str, ws: str = WS) -> list[str]:

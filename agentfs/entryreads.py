@@ -1,0 +1,41 @@
+"""Reads of one entry that every tree view answers the same way.
+
+The live workspace (:class:`agentfs.workspace.Workspace`) and the read-only
+checkpoint views (:mod:`agentfs.checkpoints`) both answer ``readlink``,
+``getxattr`` and ``listxattr`` from the node's entry alone; this mixin is that
+one answer.
+
+Error contract: :class:`~agentfs.errors.InvalidArgument` (``EINVAL``) for
+``readlink`` of a non-symlink, :class:`~agentfs.errors.NoAttribute`
+(``ENODATA``) for a missing attribute.  No I/O; safe from the trio thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentfs.errors import InvalidArgument, NoAttribute
+from agentfs.models import decode_xattr
+
+if TYPE_CHECKING:
+    from agentfs.namespace import Node
+
+__all__ = ["EntryReads"]
+
+
+class EntryReads:
+    """``readlink``/``getxattr``/``listxattr`` from a node's entry."""
+
+    def readlink(self, node: Node) -> str:
+        if node.entry.kind != "l":
+            raise InvalidArgument("not a symlink")
+        return node.entry.target or ""
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        v = node.entry.xattrs.get(name)
+        if v is None:
+            raise NoAttribute(path=name)
+        return decode_xattr(v)
+
+    def listxattr(self, node: Node) -> list[str]:
+        return sorted(node.entry.xattrs)
