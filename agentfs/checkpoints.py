@@ -62,7 +62,6 @@ from agentfs.errors import (
     BadName,
     Busy,
     InvalidArgument,
-    NotADirectory,
     NotFound,
     PreconditionFailed,
     ReadOnly,
@@ -814,19 +813,6 @@ class _View(EntryReads):
 
     async def prepare(self, node: Node) -> None:
         """Load what is needed before a lookup/listing below ``node``."""
-
-    def lookup(self, parent: Node, name: str) -> Node:
-        if parent.children is None:
-            raise NotADirectory()
-        node = parent.children.get(name)
-        if node is None:
-            raise NotFound(path=name)
-        return node
-
-    def listdir(self, node: Node) -> list[tuple[str, Node]]:
-        if node.children is None:
-            raise NotADirectory()
-        return sorted(node.children.items())
 
     def attr(self, node: Node) -> Attr:
         from agentfs.workspace import Attr

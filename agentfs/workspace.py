@@ -473,14 +473,6 @@ class Workspace(EntryReads):
 
     # -- reading the tree -----------------------------------------------------
 
-    def lookup(self, parent: Node, name: str) -> Node:
-        if parent.children is None:
-            raise NotADirectory()
-        node = parent.children.get(name)
-        if node is None:
-            raise NotFound(path=name)
-        return node
-
     def resolve(self, path: str) -> Node:
         """The node at a workspace path (``""`` or ``"/"`` is the root)."""
         path = path.strip("/")
@@ -505,11 +497,6 @@ class Workspace(EntryReads):
         node.told_size = size
         return Attr(node.ino, e.kind, e.mode, nlink, e.uid, e.gid, size, mtime, max(e.ctime_ns, mtime),
                     e.atime_ns if e.atime_ns is not None else mtime)
-
-    def listdir(self, node: Node) -> list[tuple[str, Node]]:
-        if node.children is None:
-            raise NotADirectory()
-        return sorted(node.children.items())
 
     # -- creating -------------------------------------------------------------
 
