@@ -718,7 +718,13 @@ async def prune(ws: Workspace, *, now: float | None = None, dry_run: bool = Fals
         if dry_run:
             done.append(path)
             continue
+        if not await ws.marks.claim(path):
+            continue  # open on another mount, or being pruned there (agentfs/openmarks.py)
         try:
+            await ws.pull()  # the claim is ours: nothing committed before it is unseen
+            node = ws.ns.resolve(path)
+            if node is None or node.parent is None or _busy(ws, node):
+                continue
             if node.children is not None:
                 below = sorted(ws.ns.walk(node, path), key=lambda pn: pn[0].count("/"), reverse=True)
                 for _, n in below:
@@ -734,6 +740,8 @@ async def prune(ws: Workspace, *, now: float | None = None, dry_run: bool = Fals
         except AgentFSError as e:
             log.warning("workspace %s: pruning expired %s: %s", ws.name, path, e)
             continue
+        finally:
+            await ws.marks.release(path)
         log.info("workspace %s: pruned %s (ttl expired)", ws.name, path)
         done.append(path)
     return done

@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints
+from agentfs import agentstate, checkpoints, localmounts, openmarks
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -110,12 +110,20 @@ class WorkspaceClient:
         self._ready.set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._leases.heartbeat)
+            nursery.start_soon(openmarks.keep, lambda: [self._w.keep_marks])
             await self._stop.wait()
             with trio.CancelScope(shield=True):
                 await self._leases.release_all()
+                await self._w.marks.unmark_all()
             nursery.cancel_scope.cancel()
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the client's trio thread, ordered after what local
+        mounts of the store acknowledged, and shown by them when it returns
+        (see :mod:`agentfs.localmounts`)."""
+        localmounts.barrier(self.store.url, self.name)
+        seq = self._w.ns.seq
+
         async def call() -> Any:
             assert self.ws is not None
             await self.ws.pull()
@@ -128,6 +136,9 @@ class WorkspaceClient:
             while isinstance(e, BaseExceptionGroup):
                 e = e.exceptions[0]
             raise e from None
+        finally:
+            if self._w.ns.seq > seq:
+                localmounts.barrier(self.store.url, self.name, self._w.ns.seq)
 
     @property
     def _w(self) -> Workspace:
@@ -209,7 +220,7 @@ class WorkspaceClient:
             of = await self._open(path, write=True, truncate=True, create=True)
             try:
                 await self._w.write(of, 0, data)
-                await self._w.flush(of, self.caller)
+                await self._w.publish(of, self.caller)
             finally:
                 await self._w.release(of, self.caller)
         self._run(go)
@@ -565,6 +576,8 @@ class _RawFile(io.RawIOBase):
             return
         try:
             super().close()  # calls flush
+            if self._writable:  # durable on return, an empty file too; raises ConflictError
+                self._c._run(lambda: self._c._w.publish(self._of, self._c.caller))
         finally:
             self._c._run(lambda: self._c._w.release(self._of, self._c.caller))
 

@@ -2,7 +2,8 @@
 
 For every workspace: every journal record parses and the sequence has no
 gap; every committed file's object exists at its natural key with the
-committed version.  Objects the journal does not know are reported as
+committed version; no version of a file was replaced by a writer that never
+saw it (a lost write, :func:`lost_writes`).  Objects the journal does not know are reported as
 *notices*: leftovers of an interrupted agentfs operation (tombstoned keys),
 or external writes awaiting adoption.  ``repair`` deletes leftovers, adopts
 external writes and removes temporary objects.
@@ -23,12 +24,13 @@ from agentfs import checkpoints, intents
 from agentfs.cache import Cache
 from agentfs.errors import AgentFSError, CorruptRecord, NotFound
 from agentfs.journal import META
+from agentfs.models import Commit, DelOp, MoveOp, PutOp, Record
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
 from agentfs.store.retry import unwrap
 from agentfs.workspace import Workspace, check_workspace_name
 
-__all__ = ["CheckReport", "WorkspaceReport", "check_store"]
+__all__ = ["CheckReport", "WorkspaceReport", "check_store", "lost_writes"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
                            if intent is not None else f"unreadable rename intent {key}")
 
     _check_checkpoints(store, ws, objects, rep)
+    commits = await trio.to_thread.run_sync(ws.journal.commits_after, 0)
+    rep.errors.extend(lost_writes(commits))
     if repair:
         n = await ws.scan(now=float("inf"))
         if n:
@@ -141,6 +145,45 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
                 store.delete(prefix + path)
                 rep.repaired.append(f"deleted leftover {path!r}")
     return rep
+
+
+_WRITES = ("create", "write")
+
+
+def lost_writes(commits: list[Commit]) -> list[str]:
+    """Written versions whose bytes were replaced by a writer that never saw them.
+
+    Every ``create``/``write`` record names the version it replaced knowingly
+    (``detail.base``).  A version is lost when the next write of its path names
+    another base (it was never seen by that writer, so the conditional upload
+    that should have refused it did not), unless the same bytes are what
+    replaced it or they survive in a conflict copy.  Records without ``base``
+    (older journals, adoptions of other tools' writes, restores) are not judged.
+    """
+    kept = {r.detail.get("sha256") for c in commits for r in c.records if r.action in ("conflict", "fenced")}
+    current: dict[str, tuple[int, Record]] = {}  # path -> (seq, last record that set its bytes)
+    out: list[str] = []
+    for c in commits:
+        for r in c.records:
+            op = r.op
+            if isinstance(op, PutOp) and op.entry.kind == "f":
+                cur = current.get(op.path)
+                if (cur is not None and r.action in _WRITES and "base" in r.detail
+                        and cur[1].action in _WRITES and isinstance(cur[1].op, PutOp)):
+                    old = cur[1].op.entry
+                    if (r.detail["base"] != old.etag and op.entry.etag != old.etag
+                            and op.entry.sha256 != old.sha256 and old.sha256 not in kept):
+                        out.append(f"lost write: {op.path!r} as written by {cur[1].agent or '?'} at seq "
+                                   f"{cur[0]} (sha256 {(old.sha256 or '?')[:12]}) was replaced at seq {c.seq} "
+                                   f"by {r.agent or '?'}, who never saw it; its bytes are nowhere")
+                if cur is None or cur[1].op.entry.etag != op.entry.etag:  # type: ignore[union-attr]
+                    current[op.path] = (c.seq, r)
+            elif isinstance(op, DelOp | MoveOp):
+                gone = [op.path] if isinstance(op, DelOp) else [op.src, op.dst]
+                for p in list(current):
+                    if any(p == g or p.startswith(g + "/") for g in gone):
+                        del current[p]
+    return out
 
 
 def _check_checkpoints(store: ObjectStore, ws: Workspace, objects: dict, rep: WorkspaceReport) -> None:

@@ -144,11 +144,21 @@ class Stale(AgentFSError):
     log_level = logging.WARNING
 
 
-class ConflictError(AgentFSError):
-    """A write lost a race; its bytes were kept as a conflict copy."""
+class ConflictError(Stale):
+    """A write lost a race: another writer committed a version of the file
+    that this writer had not seen.  The bytes are safe in the conflict copy
+    ``copy`` (a workspace path); the path keeps the winner.  ``ESTALE`` at
+    close/fsync (the caller's idea of the file is outdated: re-open, re-read,
+    re-apply); the CLI exits 75 (``EX_TEMPFAIL``: retrying succeeds)."""
 
-    errno_code = _errno.EIO
-    log_level = logging.WARNING
+    exit_code = 75
+
+    def __init__(self, message: str = "", *, path: str | None = None, copy: str = "") -> None:
+        super().__init__(message, path=path)
+        self.copy = copy
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (your bytes are kept in {self.copy})" if self.copy else super().__str__()
 
 
 class CorruptRecord(AgentFSError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints, garbage, groupcommit, writeback
+from agentfs import agentstate, checkpoints, garbage, groupcommit, localmounts, openmarks, writeback
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -119,6 +119,10 @@ class FileSystem:
         self.notifier: Notifier = Notifier()
         self._inval: list[tuple[str, int, str | bool]] = []
         self._inval_event = trio.Event()
+        self._invalidating = False  # the invalidator is telling the kernel a batch
+        #: the mount's nursery (run_background): last closes that still upload run there
+        self._background: trio.Nursery | None = None
+        self._releasing = 0
         self.root_mtime_ns = time.time_ns()
         self._loading: dict[str, trio.Event] = {}
         self._kept_etag: dict[int, str | None] = {}
@@ -455,12 +459,41 @@ class FileSystem:
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
-        if h is not None:
-            self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
-            await h.ws.release(h.of, h.caller)
-            if self.leases.held:  # locks (issue 4): closing the file releases its lease (flock rule)
-                others = [o.caller for o in self.handles.values() if o.of is h.of]
-                await self.leases.on_close(h.ws.name, h.ws.ns.path_of(h.of.node), h.caller, others)
+        if h is None:
+            return
+        self._kept_etag[h.of.node.ino] = h.of.node.entry.etag
+        if h.of.dirty and self._background is not None:
+            # The last close of a file its flushes did not publish (an empty new
+            # or truncated file, see Workspace.flush) uploads it now; the kernel
+            # does not wait for a release (close() has returned), and must not
+            # have to: an unmount aborts releases still unanswered.
+            self._releasing += 1
+            self._background.start_soon(self._release, h, True)
+        else:
+            await self._release(h, False)
+
+    async def _release(self, h: FileHandle, background: bool) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await h.ws.release(h.of, h.caller)
+                if self.leases.held:  # locks (issue 4): closing the file releases its lease (flock rule)
+                    others = [o.caller for o in self.handles.values() if o.of is h.of]
+                    # a file diverted to its conflict copy was locked under its own path
+                    path = h.of.diverted_from or h.ws.ns.path_of(h.of.node)
+                    await self.leases.on_close(h.ws.name, path, h.caller, others)
+        except Exception:
+            if not background:
+                raise
+            # a background release has no caller to tell; it must not end the nursery
+            log.exception("release of %s failed", h.ws.ns.path_of(h.of.node))
+        finally:
+            if background:
+                self._releasing -= 1
+
+    async def _releases_done(self) -> None:
+        """Wait until the background releases started so far are done."""
+        while self._releasing:
+            await trio.sleep(0.005)
 
     async def setattr(self, ino: int, caller: Caller, *, fh: int | None, mode: int | None,
                       uid: int | None, gid: int | None, size: int | None, mtime_ns: int | None,
@@ -507,6 +540,9 @@ class FileSystem:
     async def setxattr(self, ino: int, name: str, value: bytes, caller: Caller) -> None:
         if ino == ROOT_INODE and name == CONTROL_SYNC:
             await self.sync_all(caller)
+            return
+        if ino == ROOT_INODE and name == localmounts.BARRIER:
+            await self.barrier(value)
             return
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
             # issue 7: the other control names are read-only; on a single-workspace
@@ -562,10 +598,38 @@ class FileSystem:
 
     async def sync_all(self, caller: Caller | None = None) -> None:
         caller = caller or Caller.current(self.agent)
+        await self._releases_done()
         if self.writeback is not None:
             await self.writeback.drain()  # issue 6: queued closes, in parallel
         for ws in list(self.workspaces.values()):
             await ws.sync(caller)
+
+    async def barrier(self, value: bytes) -> None:
+        """The control attribute :data:`agentfs.localmounts.BARRIER`: commit
+        every record this mount acknowledged for workspace ``WS`` (its
+        writeback queue included), then apply its journal up to ``SEQ``, so a
+        CLI or API call on this machine is ordered after this mount's closes
+        and this mount shows the call's result when it returns.  Value
+        ``WS[:SEQ]`` (``WS`` empty: every loaded workspace)."""
+        name, _, seq = value.decode(errors="replace").partition(":")
+        try:
+            upto = int(seq) if seq else 0
+        except ValueError:
+            raise InvalidArgument("barrier value is WORKSPACE[:SEQ]") from None
+        targets = [ws for ws in self.workspaces.values() if not name or ws.name == name]
+        await self._releases_done()
+        for ws in targets:
+            if self.writeback is not None:
+                await self.writeback.drain(ws)
+            await ws.flush_deferred()
+            if ws.ns.seq < upto:
+                await ws.pull()
+        # The kernel drops what the catch-up changed before the caller goes on
+        # (bounded: an entry of the mount root cannot be invalidated while this
+        # request holds the root).
+        with trio.move_on_after(1.0):
+            while self._inval or self._invalidating:
+                await trio.sleep(0.005)
 
     def _on_change(self, ch: Changes) -> None:
         for parent, name in ch.entries:
@@ -582,6 +646,7 @@ class FileSystem:
             await self._inval_event.wait()
             self._inval_event = trio.Event()
             batch, self._inval = self._inval, []
+            self._invalidating = True
             for kind, ino, arg in batch:
                 try:
                     if kind == "entry":
@@ -590,6 +655,7 @@ class FileSystem:
                         await trio.to_thread.run_sync(self.notifier.invalidate_inode, ino, arg)
                 except OSError as e:
                     log.debug("invalidate %s %s: %s", kind, ino, e)
+            self._invalidating = False
 
     @property
     def idle(self) -> bool:
@@ -685,6 +751,7 @@ class FileSystem:
                         log.warning("retrying uploads of %s: %s", ws.name, e)
 
     async def run_background(self, nursery: trio.Nursery) -> None:
+        self._background = nursery
         self.cache.start_background(nursery)
         nursery.start_soon(self.retrier)
         nursery.start_soon(self.invalidator)
@@ -695,6 +762,7 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
+        nursery.start_soon(openmarks.keep, lambda: [ws.keep_marks for ws in self.workspaces.values()])
         if groupcommit.ENABLED and not self.read_only:  # issue 6
             self.flusher = groupcommit.Flusher()
             for ws in self.workspaces.values():
@@ -712,6 +780,7 @@ class FileSystem:
         """issue 6: fsync of a directory makes the entries of earlier closes durable
         in the journal (every workspace's deferred records are committed)."""
         del fh
+        await self._releases_done()
         if self.writeback is not None:
             await self.writeback.drain()  # issue 6: --writeback: queued closes too
         for ws in list(self.workspaces.values()):
@@ -746,6 +815,8 @@ class FileSystem:
             await self.leases.release_all()  # locks (issue 4): after the last uploads (still fenced)
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
+        for ws in self.workspaces.values():  # other mounts may prune what was open here
+            await ws.marks.unmark_all()
         for h in list(self.handles.values()):
             if self.writeback is not None and h.of.dirty:
                 continue  # issue 6: a queued working copy stays for the next mount's replay

@@ -39,6 +39,7 @@ import logging
 import os
 import stat as stat_mod
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,21 @@ from typing import Any
 
 import trio
 
-from agentfs import adoption, agentstate, checkpoints, garbage, groupcommit, intents, streaming
+from agentfs import (
+    adoption,
+    agentstate,
+    checkpoints,
+    garbage,
+    groupcommit,
+    intents,
+    openmarks,
+    streaming,
+)
 from agentfs.cache import Cache
 from agentfs.entryreads import EntryReads
 from agentfs.errors import (
     AlreadyExists,
+    ConflictError,
     CorruptRecord,
     Fenced,
     InvalidArgument,
@@ -146,6 +157,20 @@ class OpenFile:
     last_path: str | None = None
     #: issue 6: the upload of a file being written sequentially (agentfs/streaming.py)
     stream: streaming.Stream | None = None
+    #: The file is empty by a truncation or its creation and nothing was
+    #: written since: a descriptor's close does not publish it on its own (a
+    #: shell ``>`` closes a duplicate descriptor before the first write); the
+    #: last close (release), fsync or the next write's upload does.
+    only_trunc: bool = False
+    #: The path this open file was written for before its upload lost a race
+    #: (or was fenced): its bytes, and all it is written from now on, belong to
+    #: the conflict copy ``node`` now is; every flush/fsync reports the loss.
+    diverted_from: str | None = None
+    #: (etag uploaded, version it replaced) of an upload whose commit failed.
+    orphan: tuple[str, str | None] | None = None
+    #: Paths with a TTL (the file, directories above it) marked open for other
+    #: mounts' pruners (agentfs/openmarks.py); unmarked at the last close.
+    marked: list[str] = field(default_factory=list)
 
     def close_local(self) -> None:
         if self.fd >= 0:
@@ -270,6 +295,9 @@ class Workspace(EntryReads):
         #: issue 6: deletes of committed garbage (old keys of unlinks and renames),
         #: drained by the mount's collector after the syscall returned (agentfs/garbage.py)
         self.garbage = garbage.Garbage(self)
+        #: files with a TTL open here, published for other mounts' pruners
+        #: (agentfs/openmarks.py); its run() task belongs to the mount or client
+        self.marks = openmarks.OpenMarks(store, name, mount_id or f"client-{uuid.uuid4().hex[:12]}", self._io)
         #: issue 6: the --writeback queue (agentfs/writeback.py), set by the mount:
         #: closes then queue the upload on local disk instead of waiting for it.
         self.writeback: Any = None
@@ -550,7 +578,7 @@ class Workspace(EntryReads):
         node = self.ns.add_pending(parent, name, self._new_entry("f", mode, caller))
         of = self._open_file(node)
         self._make_local(of, b"")
-        of.dirty = True
+        of.dirty = of.only_trunc = True
         of.handles += 1
         node.opens += 1
         return node, of
@@ -583,11 +611,22 @@ class Workspace(EntryReads):
             raise InvalidArgument("not a regular file")
         if write:
             self._writable()
+        if not node.attached and node.ino not in self.open_files:
+            # The kernel still knows a name that left the tree (another mount
+            # removed it, or its new file lost a race): ESTALE makes it look
+            # the name up again.
+            raise Stale("the file was removed; look it up again")
         of = self._open_file(node)
         if of.fd < 0:
             of.base_etag = node.entry.etag  # a new opener starts from the current version
         of.handles += 1
         node.opens += 1
+        if not of.marked and self._ttl_paths(node):
+            try:
+                await self._mark_open(of, node)
+            except BaseException:
+                await self.release(of, caller)
+                raise
         del append  # the kernel applies O_APPEND (it passes the offset to write at)
         if truncate and write:
             try:
@@ -596,6 +635,41 @@ class Workspace(EntryReads):
                 await self.release(of, caller)
                 raise
         return of
+
+    def _ttl_paths(self, node: Node) -> list[str]:
+        """The paths of ``node`` and its directories that carry a TTL."""
+        out = []
+        n: Node | None = node
+        while n is not None and n is not self.ns.root:
+            if agentstate.expires_at(n.entry) is not None:
+                path = self.ns.path_of(n)
+                if path is not None:
+                    out.append(path)
+            n = n.parent
+        return out
+
+    async def _mark_open(self, of: OpenFile, node: Node) -> None:
+        """Tell other mounts' TTL pruners that this file is open here (see
+        :mod:`agentfs.openmarks`); a file pruned meanwhile fails with ENOENT."""
+        of.marked = self._ttl_paths(node)
+        waited = False
+        for p in of.marked:
+            waited = await self.marks.opened(p) or waited
+        if waited:
+            await self.pull()
+            if not node.attached:
+                raise NotFound("the file expired and was pruned", path=of.last_path)
+
+    async def keep_marks(self) -> None:
+        """Mark open files that gained a TTL since they were opened (a state
+        change here or on another mount), then let the marks do their
+        periodic work (agentfs/openmarks.py)."""
+        for of in list(self.open_files.values()):
+            if not of.marked and of.handles > 0 and self._ttl_paths(of.node):
+                of.marked = self._ttl_paths(of.node)
+                for p in of.marked:
+                    await self.marks.opened(p)
+        await self.marks.tick()
 
     async def _ensure_local(self, of: OpenFile) -> None:
         """Give the file a complete local working copy (before a modification)."""
@@ -708,6 +782,7 @@ class Workspace(EntryReads):
         of.size = max(of.size, off + len(data))
         of.mtime_ns = time.time_ns()
         of.dirty = True
+        of.only_trunc = False
         of.gen += 1
         streaming.wrote(self, of, off, len(data))  # issue 6: upload finished parts in the background
         return len(data)
@@ -724,16 +799,44 @@ class Workspace(EntryReads):
         of.size = size
         of.mtime_ns = time.time_ns()
         of.dirty = True
+        of.only_trunc = size == 0
         of.gen += 1
         streaming.truncated(of, size)  # issue 6
 
     async def flush(self, of: OpenFile, caller: Caller) -> None:
-        """Upload the file if it changed and commit its entry (durable on return;
-        with --writeback: in the crash-safe local queue on return)."""
+        """A descriptor of the file is closed: upload the file if it changed and
+        commit its entry (durable on return; with --writeback: in the crash-safe
+        local queue on return).
+
+        A file whose only change is a truncation to empty (``O_TRUNC``) or its
+        creation, with nothing written yet, is not published here: the truncation
+        rides with the next write's upload, or the last :meth:`release` (or
+        :meth:`fsync`, :meth:`publish`) publishes it.  So a shell ``>`` costs one
+        upload and no reader ever sees the spurious empty version.
+
+        Raises :class:`ConflictError` (``ESTALE``) when the file's bytes are in
+        a conflict copy instead of at its path (this upload, or an earlier one
+        of this open file, lost a race).
+        """
+        if of.only_trunc:
+            self._raise_if_diverted(of)
+            return
+        if of.dirty and self.writeback is not None and await self.writeback.enqueue(self, of, caller):
+            return  # issue 6: --writeback (agentfs/writeback.py)
+        await self.publish(of, caller)
+
+    async def publish(self, of: OpenFile, caller: Caller) -> None:
+        """Upload the file if it changed and commit its entry (durable in the
+        store on return, empty or not; the record may be group-committed).
+        Raises :class:`ConflictError` as :meth:`flush` does."""
         if of.dirty:
-            if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
-                return  # issue 6: --writeback (agentfs/writeback.py)
             await self._upload(of, caller)
+        self._raise_if_diverted(of)
+
+    def _raise_if_diverted(self, of: OpenFile) -> None:
+        if of.diverted_from is not None:
+            raise ConflictError("another writer changed the file first", path=of.diverted_from,
+                                copy=self.ns.path_of(of.node) or of.last_path or "")
 
     async def release(self, of: OpenFile, caller: Caller) -> None:
         """Drop one handle; the last one uploads what is still dirty.
@@ -752,8 +855,8 @@ class Workspace(EntryReads):
                 return  # issue 6: --writeback: kept open and queued (agentfs/writeback.py)
             try:
                 await self._upload(of, caller)
-            except Fenced:
-                pass  # locks (issue 4): the bytes are already kept as a conflict copy
+            except (Fenced, ConflictError):
+                pass  # the bytes are already kept as a conflict copy (the close was told)
             except Exception as e:
                 log.warning("workspace %s: upload of %s failed (%s); kept for retry",
                             self.name, self.ns.path_of(of.node), e)
@@ -764,6 +867,9 @@ class Workspace(EntryReads):
     def _forget_open(self, of: OpenFile) -> None:
         if of.handles > 0:
             return
+        for p in of.marked:
+            self.marks.closed(p)
+        of.marked = []
         self.open_files.pop(of.node.ino, None)
         self._retry.pop(of.node.ino, None)
         streaming.discard(of)  # issue 6: an unused streaming upload is aborted
@@ -797,11 +903,14 @@ class Workspace(EntryReads):
             node = of.node
             path = self.ns.path_of(node)
             if path is None:
-                if of.unlinked or of.last_path is None:
+                if of.unlinked:
                     of.dirty = False  # removed here while open: nothing to keep
                     return
+                if of.last_path is None:  # never had a path here: say so, never drop silently
+                    raise Stale("the file was removed; its bytes were not stored")
                 # Another mount removed it (or its directory) under us: keep the bytes.
                 await self._keep_conflict(of, of.last_path, caller)
+                self._raise_if_diverted(of)
                 return
             of.last_path = path
             gen, size = of.gen, of.size
@@ -827,23 +936,34 @@ class Workspace(EntryReads):
             try:
                 info, sha = await self._put_local(of, key, size, cond)
             except PreconditionFailed:
+                # Another writer committed a version this one never saw: its
+                # bytes stay at the path, ours go to a conflict copy, and this
+                # open file never continues on top of the winner.
                 await self._keep_conflict(of, path, caller)
+                self._raise_if_diverted(of)
                 return
             # issue 7: the object at the key is ours now.  Should the commit below
             # fail (store outage), the retried upload must replace this version,
             # not fail its condition against it and turn into a false conflict.
+            replaces = of.base_etag
+            if of.orphan is not None and of.orphan[0] == replaces:
+                replaces = of.orphan[1]  # our upload whose commit failed: the journal never knew it
+            of.orphan = (info.etag, replaces)
             of.base_etag = info.etag
             entry = node.entry.model_copy(update={
                 "size": size, "etag": info.etag, "sha256": sha, "data_key": None,
                 "mtime_ns": of.mtime_ns, "ctime_ns": time.time_ns(),
             })
             action = "create" if node.pending else "write"
-            records = [self.record(action, PutOp(path=path, entry=entry), caller, size=size, sha256=sha)]
+            # ``base``: the version these bytes replace knowingly (check.py finds
+            # a version replaced by a writer that never saw it: a lost write).
+            records = [self.record(action, PutOp(path=path, entry=entry), caller, size=size, sha256=sha,
+                                   base=replaces)]
             if groupcommit.may_defer(self, path):
                 self.commit_deferred(records)  # issue 6: the bytes are durable; the record follows
             else:
                 await self.commit(records)
-            of.base_etag = info.etag
+            of.base_etag, of.orphan = info.etag, None
             if of.gen == gen:
                 of.dirty = False
 
@@ -867,7 +987,11 @@ class Workspace(EntryReads):
     async def _keep_conflict(self, of: OpenFile, path: str, caller: Caller, *, action: str = "conflict",
                              **detail: Any) -> None:
         """Our upload lost a race (or was fenced: ``action="fenced"``): keep our
-        bytes under a visible conflict name."""
+        bytes under a visible conflict name, and divert the open file to it.
+
+        Callers hold ``of.lock``.  The path keeps the winner; this mount shows
+        the winner there at once (see :meth:`_divert`)."""
+        gen = of.gen
         parent_path, name = split(path)
         stem, dot, ext = name.rpartition(".")
         if not stem:
@@ -895,15 +1019,46 @@ class Workspace(EntryReads):
         log.warning("workspace %s: write to %s %s; kept as %s", self.name, path,
                     "was fenced (its lease was taken over)" if action == "fenced"
                     else "lost a race with another writer", cpath)
-        of.dirty = False
-        # From now on this handle continues from the winner's version.
-        cur = self.ns.resolve(path)
-        of.base_etag = cur.entry.etag if cur is not None else None
+        if of.gen == gen:
+            of.dirty = False
+        copy = self.ns.resolve(cpath)
+        if copy is not None:
+            self._divert(of, path, copy)
+
+    def _divert(self, of: OpenFile, path: str, copy: Node) -> None:
+        """Bind an open file whose bytes lost a race to their conflict copy.
+
+        The handles keep their working copy (reads see what they wrote; later
+        writes and flushes update the copy, conditional on its version), while
+        the path serves the winner: new opens start from it, and the kernel
+        drops the loser's pages and attributes of the path.  A new file that
+        was never committed leaves the tree (its bytes are the copy)."""
+        old = of.node
+        if self.writeback is not None:
+            self.writeback.settled(self, of)  # its queued close is done: the bytes are in the copy
+        if self.open_files.get(old.ino) is of:
+            del self.open_files[old.ino]
+        self._retry.pop(old.ino, None)
+        old.opens -= of.handles
+        copy.opens += of.handles
+        if old.pending:
+            self.ns.detach(old)
+        of.node = copy
+        self.open_files[copy.ino] = of
+        of.diverted_from = of.diverted_from or path
+        of.last_path = self.ns.path_of(copy)
+        of.base_etag, of.orphan = copy.entry.etag, None
+        self.ns.table.maybe_drop(old)
+        if self.on_change is not None:
+            self.on_change(Changes(inodes={old.ino}, data={old.ino}))
 
     async def fsync(self, of: OpenFile, caller: Caller) -> None:
+        """Upload the file if it changed and wait for its journal record.
+        Raises :class:`ConflictError` as :meth:`flush` does."""
         if of.dirty:
             await self._upload(of, caller)  # durable, also with --writeback (issue 6)
         await self.flush_deferred()  # issue 6: fsync waits for the journal record too
+        self._raise_if_diverted(of)
 
     # -- changing attributes ----------------------------------------------------
 
@@ -922,7 +1077,7 @@ class Workspace(EntryReads):
             try:
                 await self.truncate(of, size)
                 if own or not by_handle:
-                    await self.flush(of, caller)  # truncate(path) is durable on return
+                    await self.publish(of, caller)  # truncate(path) is durable on return, empty too
             finally:
                 if own:
                     await self.release(of, caller)
@@ -1180,8 +1335,8 @@ class Workspace(EntryReads):
                 if of.dirty:
                     try:
                         await self._upload(of, self._retry.get(of.node.ino, caller))
-                    except Fenced:
-                        pass  # locks (issue 4): already kept as a conflict copy; go on with the rest
+                    except (Fenced, ConflictError):
+                        pass  # already kept as a conflict copy; go on with the rest
                 if of.handles <= 0 and not of.dirty:
                     self._forget_open(of)
         finally:

@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
-from agentfs.errors import AgentFSError, Fenced
+from agentfs.errors import AgentFSError, ConflictError, Fenced
 from agentfs.identity import Caller
 from agentfs.models import PutOp, QueuedMeta, QueuedWrite, Record
 from agentfs.namespace import join, split
@@ -476,8 +476,8 @@ class Writeback:
     async def _upload_call(self, q: _Queued) -> None:
         try:
             await q.ws._upload(q.of, q.caller)
-        except Fenced:
-            pass  # locks (issue 4): kept as a conflict copy (settled)
+        except (Fenced, ConflictError):
+            pass  # kept as a conflict copy (settled); the close already returned
 
     def _due(self, now: float, *, force: bool) -> list[_Queued]:
         if force:
@@ -680,6 +680,8 @@ class Writeback:
         of.gen += 1
         try:
             await ws._upload(of, caller)
+        except ConflictError:
+            detached = True  # another mount changed it meanwhile: the queued bytes are the copy
         finally:
             if not of.dirty:
                 ws._forget_open(of)

@@ -17,6 +17,7 @@ import pytest
 
 import agentfs
 from agentfs.api import WorkspaceClient
+from agentfs.errors import ConflictError
 from agentfs.models import Commit
 from agentfs.store import open_store
 from tests.fixtures_api import WS
@@ -418,8 +419,12 @@ def test_conflict_two_writers(url: str, clients: Callable[..., WorkspaceClient])
     fa.write(b"AAAA from a")
     fb.write(b"BBBB from b")
     fa.close()
-    fb.close()
+    with pytest.raises(ConflictError) as lost:  # the loser is told, naming its copy
+        fb.close()
+    assert lost.value.errno == errno.ESTALE and lost.value.path == "c.txt"
+    assert b.read_bytes(lost.value.copy) == b"BBBB from bt"
     _check_conflict(url, clients, "c.txt", {b"AAAA from at", b"BBBB from bt"})
+    assert b.read_bytes("c.txt") == b"AAAA from at", "the loser's client still serves its own version"
 
 
 def test_conflict_two_writers_unbuffered(url: str, clients: Callable[..., WorkspaceClient]) -> None:
@@ -433,5 +438,6 @@ def test_conflict_two_writers_unbuffered(url: str, clients: Callable[..., Worksp
     fa.write(da)
     fb.write(db)
     fa.close()
-    fb.close()
+    with pytest.raises(ConflictError):
+        fb.close()
     _check_conflict(url, clients, "big.dat", {da, db})

@@ -259,11 +259,13 @@ def test_new_workspace_visible_on_other_mount(pair: Pair, record_property) -> No
 # ---------------------------------------------------------------- write races
 
 
-def _race(pa: Path, pb: Path, da: bytes, db: bytes) -> None:
-    """Both mounts open the same name, write, and close at (about) the same time."""
+def _race(pa: Path, pb: Path, da: bytes, db: bytes) -> list[Path]:
+    """Both mounts open the same name, write, and close at (about) the same
+    time; returns the workspaces whose close failed with ESTALE (lost the race)."""
     opened = threading.Barrier(2)
     written = threading.Barrier(2)
     errors: list[str] = []
+    stale: list[Path] = []
 
     def writer(p: Path, data: bytes) -> None:
         try:
@@ -273,7 +275,12 @@ def _race(pa: Path, pb: Path, da: bytes, db: bytes) -> None:
                 write_all(fd, data)
                 written.wait(20)
             finally:
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError as e:
+                    if e.errno != errno.ESTALE:
+                        raise
+                    stale.append(p.parent)
         except BaseException as e:
             errors.append(f"{p}: {e!r}")
             opened.abort()
@@ -285,6 +292,7 @@ def _race(pa: Path, pb: Path, da: bytes, db: bytes) -> None:
     for t in threads:
         t.join(60)
     assert not errors, f"a racing writer failed: {errors}"
+    return stale
 
 
 def _outcome(ws: Path, name: str) -> tuple[bytes | None, dict[str, bytes | None]]:
@@ -295,7 +303,7 @@ def _outcome(ws: Path, name: str) -> tuple[bytes | None, dict[str, bytes | None]
     return read_or_none(ws / name), {n: read_or_none(ws / n) for n in others}
 
 
-def _check_race(pair: Pair, name: str, da: bytes, db: bytes) -> None:
+def _check_race(pair: Pair, name: str, da: bytes, db: bytes) -> Path:
     stem = name.rpartition(".")[0]
 
     def settled(ws: Path) -> bool:
@@ -325,12 +333,14 @@ def _check_race(pair: Pair, name: str, da: bytes, db: bytes) -> None:
         assert CONFLICT_XATTR in os.listxattr(ws / cname)
     loser = pair.b if main == da else pair.a
     winner = pair.a if loser is pair.b else pair.b
+    loser_ws = pair.wb if loser is pair.b else pair.wa
     warnings = [ln for ln in loser.log_text().splitlines()
                 if " WARNING " in ln and stem in ln and "conflict" in ln]
     assert warnings, (f"the losing mount's log has no WARNING about the conflict on {name}:\n"
                       + loser.log_text()[-3000:])
     assert not [ln for ln in winner.log_text().splitlines()
                 if " WARNING " in ln and f"{name} lost a race" in ln], "the winner logged a lost race"
+    return loser_ws
 
 
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-file", "new-file"])
@@ -345,8 +355,9 @@ def test_write_race_keeps_both_versions(pair: Pair, store_url: str, existing: bo
                      what=f"{name} on B before the race")
         da = b"A" * 7 + rng.randbytes(rng.randrange(1, 60_000))
         db = b"B" * 9 + rng.randbytes(rng.randrange(1, 60_000))
-        _race(pair.wa / name, pair.wb / name, da, db)
-        _check_race(pair, name, da, db)
+        stale = _race(pair.wa / name, pair.wb / name, da, db)
+        loser = _check_race(pair, name, da, db)
+        assert stale == [loser], f"only the loser's close fails, with ESTALE: {stale}"
     assert_check_clean(store_url)
 
 
@@ -508,14 +519,18 @@ def _lib_read_or_none(w: Any, path: str) -> bytes | None:
 
 def test_file_open_on_a_survives_rmdir_of_its_parent_on_b(pair: Pair) -> None:
     """A new file still open on A (not yet committed) whose parent B removes (B saw
-    it empty): A's close keeps the bytes as a conflict copy, nothing is dropped."""
+    it empty): A's close keeps the bytes as a conflict copy, nothing is dropped,
+    and the close fails with ESTALE (the bytes are not at the path)."""
     (pair.wa / "out").mkdir()
     wait_for(lambda: (pair.wb / "out").is_dir(), what="out on B")
     data = os.urandom(5000)
-    with open(pair.wa / "out" / "result.json", "wb") as f:
-        f.write(data)
-        os.rmdir(pair.wb / "out")  # B sees an empty directory
-        time.sleep(1.5)  # A's tail applies B's rmdir while the file is open
+    f = open(pair.wa / "out" / "result.json", "wb")
+    f.write(data)
+    os.rmdir(pair.wb / "out")  # B sees an empty directory
+    time.sleep(1.5)  # A's tail applies B's rmdir while the file is open
+    with pytest.raises(OSError) as lost:
+        f.close()
+    assert lost.value.errno == errno.ESTALE
     found = [p for p in pair.wa.rglob("*") if p.is_file() and p.read_bytes() == data]
     assert found, f"bytes lost; tree on A: {sorted(map(str, pair.wa.rglob('*')))}"
     assert ".conflict-" in found[0].name

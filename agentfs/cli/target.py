@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from agentfs import localmounts
 from agentfs.config import default_store_url
 from agentfs.errors import InvalidArgument
 from agentfs.journal import META
@@ -38,7 +39,18 @@ def _split_parts(rest: str) -> tuple[str | None, str]:
 
 
 def parse_target(arg: str, *, endpoint_url: str | None = None, store_url: str | None = None) -> Target:
-    """Resolve a CLI target; ``store_url`` (``--store``) makes ``arg`` relative to it."""
+    """Resolve a CLI target; ``store_url`` (``--store``) makes ``arg`` relative to it.
+
+    Local mounts of the store first commit what they acknowledged in the
+    target's workspace (every workspace for a store-wide target), so the
+    command acts on a state that includes every close that returned before it
+    started (:mod:`agentfs.localmounts`)."""
+    t = _parse(arg, endpoint_url=endpoint_url, store_url=store_url)
+    localmounts.barrier(t.store.url, t.workspace or "")
+    return t
+
+
+def _parse(arg: str, *, endpoint_url: str | None, store_url: str | None) -> Target:
     if store_url:
         ws, path = _split_parts(arg)
         return Target(open_store(store_url, endpoint_url=endpoint_url), ws, path)

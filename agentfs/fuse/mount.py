@@ -17,7 +17,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from agentfs import memory
+from agentfs import localmounts, memory
 from agentfs.config import MountConfig
 from agentfs.errors import AgentFSError, InvalidArgument
 from agentfs.fuse.operations import FuseNotifier, Operations
@@ -38,9 +38,11 @@ def fuse_problem() -> str | None:
     return None
 
 
-def _options(cfg: MountConfig) -> set[str]:
+def _options(cfg: MountConfig, store_url: str) -> set[str]:
     opts = set(pyfuse3.default_options)
-    opts |= {"fsname=agentfs", "subtype=agentfs", "noatime"}
+    # The source column of /proc/mounts names the store, so a CLI command finds
+    # the mounts of its store without asking any other daemon (agentfs/localmounts.py).
+    opts |= {f"fsname={localmounts.fsname(store_url)}", "subtype=agentfs", "noatime"}
     if os.getuid() == 0 or cfg.allow_other:
         opts.add("allow_other")
     if cfg.read_only:
@@ -56,7 +58,7 @@ async def _serve(cfg: MountConfig, ready_fd: int | None) -> None:
     await fs.start()
     fs.notifier = FuseNotifier()
     ops = Operations(fs)
-    pyfuse3.init(ops, cfg.mountpoint, _options(cfg))
+    pyfuse3.init(ops, cfg.mountpoint, _options(cfg, store.url))
     log.info("mounted %s on %s (mount %s, agent %s)", store.url, cfg.mountpoint, fs.mount_id, fs.agent)
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")

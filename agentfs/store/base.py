@@ -146,6 +146,12 @@ class ObjectStore(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is unusable afterwards."""
 
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
         """issue 6: make one request outside this interface (``fn``, e.g. an S3
         multipart step of :mod:`agentfs.streaming`) under the policies of the
