@@ -439,8 +439,9 @@ def test_cli_put_that_loses_names_the_copy(store_url: str, tmp_path: Path) -> No
             c.write_bytes("r.txt", b"from the other writer")
         out, err = p.communicate(timeout=60)
         assert p.returncode == 75, (out, err)
-        line = err.decode().strip()
-        assert len(line.splitlines()) == 1 and "r.conflict-" in line, line
+        lines = [ln for ln in err.decode().splitlines() if ln.startswith("agentfs: ")]
+        assert len(lines) == 1 and "r.conflict-" in lines[0], err
+        line = lines[0]
         copy = line[line.index("r.conflict-"):].split()[0].rstrip(")")
         assert c.read_bytes(copy) == b"from put"
         assert c.read_bytes("r.txt") == b"from the other writer"
