@@ -1070,7 +1070,10 @@ class Workspace(EntryReads):
         if size is not None:
             if node.entry.kind == "d":
                 raise IsADirectory()
-            own = of is None
+            # An open file whose last handle is being released (its upload runs
+            # in the background) is held again, so the release cannot close it
+            # under this truncation.
+            own = of is None or of.handles == 0
             if own:
                 of = await self.open(node, write=True, truncate=False, append=False, caller=caller)
             assert of is not None

@@ -145,6 +145,23 @@ def test_o_trunc_is_not_published_empty(pair: Pair, store_url: str) -> None:
     wait_for(lambda: read_or_none(pair.wb / "t.txt") == b"", what="the truncation on B")
 
 
+def test_truncate_right_after_the_close_of_a_new_file(mount: Mount) -> None:
+    """The last close of a new file uploads in the background; a truncate by
+    path that arrives meanwhile holds the open file again (never EBADF on a
+    working copy the release closed) and its size is what stays."""
+    ws = mount.path / "ws"
+    ws.mkdir()
+    for i in range(40):
+        p = ws / f"n{i}"
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.truncate(p, 100 + i)
+        assert p.stat().st_size == 100 + i
+    mount.unmount()
+    with open_store(mount.store_url) as store:
+        for i in range(40):
+            assert store.get(f"ws/n{i}") == bytes(100 + i), f"n{i}"
+
+
 # ---------------------------------------------------------------- the loser is told
 
 

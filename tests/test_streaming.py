@@ -8,12 +8,16 @@ assertions: every wait polls a store-side state with a generous limit.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agentfs.check import check_store
 from agentfs.store import open_store
@@ -180,8 +184,13 @@ def test_lost_race_keeps_a_conflict_copy_and_aborts(
         _until("a part uploaded", lambda: _parts(s3_client, bucket, "ws/c.bin") >= 1)
         _until("mount B sees the workspace", lambda: (b.path / "ws").is_dir(), 30)
         (b.path / "ws" / "c.bin").write_bytes(b"theirs\n")
-    finally:
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    with pytest.raises(OSError) as told:
         os.close(fd)
+    assert told.value.errno == errno.ESTALE, "the losing writer was not told at close"
     assert _uploads(s3_client, bucket, "ws/c.bin") == [], "the losing upload was not aborted"
     assert _object(s3_client, bucket, "ws/c.bin") == b"theirs\n"
     conflicts = [p for p in (a.path / "ws").iterdir() if ".conflict-" in p.name]
