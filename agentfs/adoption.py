@@ -63,6 +63,10 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
     prefix = ws.key("")
     # issue 7: interrupted renames are undone; keys of renames in progress wait
     in_progress = await intents.settle(ws, now, ws._renaming)
+    # The versions the journal gave each file before the listing: a file that
+    # changed here while we listed is compared with a stale listing, so it is
+    # left to the next scan (and a record is dropped if it changed by commit time).
+    before = {path: node.entry.etag for path, node in ws.ns.walk() if node.entry.kind == "f"}
     objects = {o.key[len(prefix):]: o for o in await ws._io(lambda: list(ws.store.list(prefix)))}
     # A rename that began while we listed has copies in the listing: every
     # intent still there protects its keys (only protects; settled above).
@@ -88,6 +92,9 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         node = ws.ns.resolve(path)
         if node is not None and node.entry.kind == "f" and node.entry.etag == o.etag:
             continue
+        was = node.entry.etag if node is not None and node.entry.kind == "f" else None
+        if was != before.get(path):
+            continue  # changed here while we listed
         if node is not None and node.entry.data_key:
             continue  # checkpoints: awaiting materialisation; the key holds garbage
         if node is not None and (node.pending or node.ino in ws.open_files):
@@ -113,15 +120,15 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         entry = base.model_copy(update={"size": o.size, "etag": o.etag, "sha256": None,
                                         "mtime_ns": mtime, "ctime_ns": mtime})
         records.append(ws.record("external-write", PutOp(path=path, entry=entry), caller,
-                                   size=o.size, etag=o.etag))
+                                   size=o.size, etag=o.etag, was=was))
     seen_missing: set[str] = set()
     for path, node in list(ws.ns.walk()):
         if node.entry.kind == "f" and node.entry.etag is not None and not node.pending and path not in objects \
                 and not node.entry.data_key:
-            if node.ino in ws.open_files:
+            if node.ino in ws.open_files or before.get(path) != node.entry.etag:
                 continue
             if path in ws._missing_seen:
-                records.append(ws.record("external-delete", DelOp(path=path), caller))
+                records.append(ws.record("external-delete", DelOp(path=path), caller, was=node.entry.etag))
             else:
                 seen_missing.add(path)
     ws._missing_seen = seen_missing
@@ -186,6 +193,6 @@ async def refresh_version(ws: Workspace, node: Node, key: str) -> None:
     else:
         caller = Caller(pid=None, uid=os.getuid(), gid=os.getgid(), agent="external")
         await ws.commit([ws.record("external-write", PutOp(path=path, entry=entry), caller,
-                                       size=info.size, etag=info.etag)])
+                                       size=info.size, etag=info.etag, was=old)])
     if ws.on_change is not None:
         ws.on_change(Changes(inodes={node.ino}, data={node.ino}))

@@ -465,8 +465,24 @@ class Workspace(EntryReads):
         """Every commit made before monotonic time ``since`` has been applied."""
         self.caught_up_at = max(self.caught_up_at, since)
 
+    def _still_true(self, r: Record) -> bool:
+        """An adoption record (``external-*``) describes what its author saw
+        in the store against the version its journal had (``detail.was``); a
+        commit that landed before it (another mount's deferred record of that
+        very upload, say) makes it stale, and it is dropped, never applied on
+        top of newer records."""
+        if not r.action.startswith("external-") or "was" not in r.detail:
+            return True
+        path = getattr(r.op, "path", None)
+        node = self.ns.resolve(path) if path is not None else None
+        now = node.entry.etag if node is not None and node.entry.kind == "f" else None
+        return now == r.detail["was"]
+
     async def _write_batch(self, records: list[Record]) -> None:
         while True:
+            records = [r for r in records if self._still_true(r)]
+            if not records:
+                return
             seq = self.ns.seq + 1
             c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
             started = time.monotonic()
