@@ -61,7 +61,7 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         return 0
     now = now or time.time()
     prefix = ws.key("")
-    # issue 7: interrupted renames are undone; keys of renames in progress wait
+    # interrupted renames are undone; keys of renames in progress wait
     in_progress = await intents.settle(ws, now, ws._renaming)
     # The versions the journal gave each file before the listing: a file that
     # changed here while we listed is compared with a stale listing, so it is
@@ -73,7 +73,7 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
     in_progress |= {k for _, i in await ws._io(intents.pending, ws.journal) if i is not None
                     for k in i.keys}
     if changed_now:
-        # issue 6: commits made while we listed (a remove after its object
+        # commits made while we listed (a remove after its object
         # was listed) are known before anything is adopted at once.
         await ws.pull()
         await _await_young_records(ws, objects)
@@ -104,7 +104,7 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
         if now - o.mtime < ADOPT_GRACE and not changed_now:
             # maybe an upload whose commit is on its way.  At mount
             # (``changed_now``) untracked objects are adopted at once: a
-            # close whose deferred commit a crash lost (issue 6), or a
+            # close whose deferred commit a crash lost, or a
             # writer that crashed between upload and commit.
             continue
         tomb = ws.ns.tombstones.get(path)
@@ -179,7 +179,7 @@ async def refresh_version(ws: Workspace, node: Node, key: str) -> None:
     if info.etag == old:
         return
     if await groupcommit.await_record(ws, node, old, info.mtime):
-        return  # issue 6: another mount's deferred commit arrived
+        return  # another mount's deferred commit arrived
     path = ws.ns.path_of(node)
     if path is None:
         raise Stale("file was removed", path=key)

@@ -321,7 +321,7 @@ for _spec in (
     AttrSpec("lifecycle", _lifecycle, max_size=16384),
     # Set by agentfs on conflict copies; users may clear or rewrite it.
     AttrSpec("conflict", None, max_size=64 * 1024, stamped=False),
-    # Locks (issue 4): a lease, taken on a mount (vfs.py intercepts the name) or
+    # Locks: a lease, taken on a mount (vfs.py intercepts the name) or
     # with WorkspaceClient.lock(); never stored as an ordinary xattr.
     AttrSpec("lock", None, max_size=64 * 1024, stamped=False,
              refused="user.agentfs.lock is a lease, not a stored attribute: use agentfs.lock() "

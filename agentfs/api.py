@@ -78,7 +78,7 @@ class WorkspaceClient:
         self.store = store
         self.name = name
         self.caller = Caller.current(agent)
-        # locks (issue 4): this client's leases (see lock()), renewed by its trio thread
+        # locks: this client's leases (see lock()), renewed by its trio thread
         self._leases = LeaseManager(store, agent=self.caller.agent, mount_id=f"client-{uuid.uuid4().hex[:12]}",
                                     ttl=lease_ttl)
         self._tmp = Path(tempfile.mkdtemp(prefix="agentfs-client-"))
@@ -106,7 +106,7 @@ class WorkspaceClient:
             self._error = e
             self._ready.set()
             return
-        self.ws.fence = functools.partial(self._leases.fence, self.name)  # locks (issue 4)
+        self.ws.fence = functools.partial(self._leases.fence, self.name)  # locks
         self._ready.set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._leases.heartbeat)
@@ -326,7 +326,7 @@ class WorkspaceClient:
     def removexattr(self, path: str, name: str) -> None:
         self._run(lambda: self._w.removexattr(self._node(path), name, self.caller))
 
-    # -- agent state (issue 3): see agentstate.py ----------------------------------------
+    # -- agent state: see agentstate.py ----------------------------------------
 
     def state(self, path: str) -> StateRow | None:
         """The agent state of one file or directory (None: it has none)."""
@@ -439,10 +439,10 @@ class WorkspaceClient:
         returns the number of entries.  Nothing is copied up front; with
         ``materialize`` the files are then copied to their natural keys here (else
         a mount of the new workspace does it in the background)."""
-        check_workspace_name(new_workspace)  # issue 7: before any key is built from it
+        check_workspace_name(new_workspace)  # before any key is built from it
 
         async def go() -> int:
-            # issue 7: a fork killed before its commit leaves the new workspace
+            # a fork killed before its commit leaves the new workspace
             # empty; a retry may take it (checkpoints.fork refuses a non-empty one).
             if new_workspace == self._w.name:
                 raise AlreadyExists("workspace exists", path=new_workspace)
@@ -474,7 +474,7 @@ class WorkspaceClient:
     def __enter__(self) -> WorkspaceClient:
         return self
 
-    # -- locks (issue 4) ------------------------------------------------------
+    # -- locks ------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self, path: str, *, shared: bool = False, wait: float | None = None) -> Iterator[None]:

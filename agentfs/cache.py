@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 #: Blocks kept in flight ahead of a sequential reader.
-#: issue 6: 32 (was 16), fetched RUN_BLOCKS at a time.
+#: 32 (was 16), fetched RUN_BLOCKS at a time.
 READAHEAD_BLOCKS = 32
-#: issue 6: readahead fetches runs of this many aligned blocks in one ranged GET
+#: readahead fetches runs of this many aligned blocks in one ranged GET
 #: (4 MiB: a quarter of the requests, and half the client CPU, of 1 MiB GETs).
 RUN_BLOCKS = 4
 #: Concurrent background run fetches per mount (each is one ranged GET; each
@@ -90,7 +90,7 @@ class Cache:
         self._files: OrderedDict[str, BlockFile] = OrderedDict()
         self._bytes = 0
         self._counter = itertools.count()
-        #: issue 6: --writeback keeps working copies in its crash-safe queue
+        #: --writeback keeps working copies in its crash-safe queue
         #: directory (agentfs/writeback.py), named with the mount's prefix
         self.dirty_dir = root / "dirty"
         self.dirty_prefix = ""
@@ -139,7 +139,7 @@ class Cache:
         bf.last_end = end
         if ahead and self._nursery is not None:
             prev = -2
-            for b in ahead:  # issue 6: one task per run (a run starts aligned or after a gap)
+            for b in ahead:  # one task per run (a run starts aligned or after a gap)
                 if b % RUN_BLOCKS == 0 or b != prev + 1:
                     self._nursery.start_soon(self._readahead, bf, b, fetch)
                 prev = b
@@ -191,7 +191,7 @@ class Cache:
             raise OSError(5, "block fetch failed")
 
     async def _fetch_run(self, bf: BlockFile, b: int, fetch: Fetch) -> None:
-        """issue 6: blocks ``b`` up to the end of its aligned run of
+        """blocks ``b`` up to the end of its aligned run of
         :data:`RUN_BLOCKS` in one ranged GET (stopping at a block present or in
         flight); every block of the run waits on the same fetch."""
         last = min((b // RUN_BLOCKS + 1) * RUN_BLOCKS, bf.nblocks)

@@ -232,7 +232,7 @@ def check_store(store: ObjectStore, workspaces: list[str] | None = None, *, repa
             report.workspaces.append(await _check_ws(store, name, repair, tmp))
 
     trio.run(main)
-    # issue 7: temporary state of the backend (local temp files, unfinished
+    # temporary state of the backend (local temp files, unfinished
     # S3 multipart uploads); a repair removes it (run it when no mount writes).
     backend = unwrap(store)
     lister = getattr(backend, "list_temporary", None)

@@ -300,7 +300,7 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
     every overwrite that starts later preserves what the checkpoint needs.
     """
     ws._writable()
-    # issue 7: only None picks a default; an empty name ("$UNSET" in a script) is refused
+    # only None picks a default; an empty name ("$UNSET" in a script) is refused
     name = default_name(prefix) if name is None else name
     check_checkpoint_name(name)
     async with ws.ns_lock.exclusive():
@@ -441,7 +441,7 @@ async def materialise(ws: Workspace, caller: Caller | None = None, *, limit: int
 
         async def one(path: str, node: Node) -> None:
             e = node.entry
-            await ws.garbage.claim(ws.key(path))  # issue 6: a pending delete of the key runs first
+            await ws.garbage.claim(ws.key(path))  # a pending delete of the key runs first
             for key, etag in _candidates(ws, path, e):
                 try:
                     info = await ws._io(ws.store.copy, key, ws.key(path), if_match=etag)

@@ -46,7 +46,7 @@ class MountConfig(BaseModel):
     endpoint_url: str | None = None
     allow_other: bool = False
     scan_interval: float = 60.0
-    lease_ttl: float = Field(default=30.0, gt=0)  # locks (issue 4): seconds a lease lives unrenewed
+    lease_ttl: float = Field(default=30.0, gt=0)  # locks: seconds a lease lives unrenewed
     log_file: str | None = None
     log_level: str = "info"
-    writeback: bool = False  # issue 6: close returns once queued on local disk (agentfs/writeback.py)
+    writeback: bool = False  # close returns once queued on local disk (agentfs/writeback.py)

@@ -190,7 +190,7 @@ class StoreUnavailable(StoreError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
-# -- agent state (issue 3) ------------------------------------------------------
+# -- agent state ------------------------------------------------------
 
 
 class InvalidState(InvalidArgument):
@@ -208,7 +208,7 @@ class ReadOnlyAttribute(NotPermitted):
     log_level = logging.WARNING
     exit_code = 64
 
-# -- locks (issue 4) -------------------------------------------------------------------
+# -- locks -------------------------------------------------------------------
 
 
 class Fenced(AgentFSError):

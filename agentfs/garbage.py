@@ -1,4 +1,4 @@
-"""Deleting what a committed operation made garbage, off the syscall path (issue 6).
+"""Deleting what a committed operation made garbage, off the syscall path.
 
 After an unlink or a rename is committed, the old natural keys (and the
 rename's intent) are garbage: the journal no longer points at them, the

@@ -1,4 +1,4 @@
-"""Deferred group commit (issue 6): close() without waiting for the journal.
+"""Deferred group commit: close() without waiting for the journal.
 
 A small file's close used to cost two store requests: the data PUT and the
 journal commit PUT.  With deferred group commit the close waits for the data

@@ -12,7 +12,7 @@ Now the rename first writes a :class:`~agentfs.models.RenameIntent` at
 --repair``) handles the intents it finds:
 
 - committed in the journal this workspace applied: the rename happened; the
-  intent is removed at once (issue 6: the old keys and the intent are deleted
+  intent is removed at once (the old keys and the intent are deleted
   after the syscall returns, so a crash can leave a committed intent behind);
 - in progress in this mount, or younger than :data:`GRACE` (``AGENTFS_INTENT_GRACE``,
   default 600 s; a rename of a huge tree on S3 may take long): a rename may be
@@ -103,7 +103,7 @@ async def settle(ws: Workspace, now: float, active: set[str], grace: float = GRA
             protect.update(intent.keys)
             continue
         if intent.id in ws.committed_intents:
-            # issue 6: its commit is in the journal we applied (the old keys are
+            # its commit is in the journal we applied (the old keys are
             # deleted after the syscall; a crash can leave the intent behind).
             log.info("workspace %s: rename %s -> %s was committed; intent removed",
                      ws.name, intent.src, intent.dst)

@@ -430,7 +430,7 @@ class LeaseManager:
         self.limiter = limiter
         self.held: dict[tuple[str, str, int], Held] = {}
         self._stores: dict[str, LeaseStore] = {}
-        #: issue 6: called with the workspace name before a lease is given back,
+        #: called with the workspace name before a lease is given back,
         #: so the holder's deferred journal records are committed first (the next
         #: holder must see its writes).  Set by the mount.
         self.before_release: Callable[[str], Awaitable[None]] | None = None
@@ -470,7 +470,7 @@ class LeaseManager:
         """``removexattr user.agentfs.lock``: the calling process lets go (ENODATA if it held nothing)."""
         pid = self._pid(caller)
         if (ws, path, pid) in self.held:
-            await self._settle(ws)  # issue 6
+            await self._settle(ws)
         h = self.held.pop((ws, path, pid), None)
         if h is None:
             raise NoAttribute("this process holds no lease on the file", path=path)
@@ -489,7 +489,7 @@ class LeaseManager:
         if h is None or any(tgid_of(c.pid) == pid for c in still_open):
             return
         if not h.lost:
-            await self._settle(ws)  # issue 6
+            await self._settle(ws)
         self.held.pop((ws, path, pid), None)
         if not h.lost:
             log.info("lease on %s/%s: pid %d closed the file; releasing", ws, path, pid)
@@ -546,7 +546,7 @@ class LeaseManager:
                 continue
             log.info("lease on %s/%s: holder pid %d exited; releasing", h.ws, h.path, h.pid)
             try:
-                await self._settle(h.ws)  # issue 6
+                await self._settle(h.ws)
                 await self._io(self.leases(h.ws).release, h.path, h.token)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s: %s (it expires after the TTL)", h.ws, h.path, e)
@@ -589,7 +589,7 @@ class LeaseManager:
             if h.lost:
                 continue
             try:
-                await self._settle(h.ws)  # issue 6
+                await self._settle(h.ws)
                 await self._io(self.leases(h.ws).release, h.path, h.token)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s at unmount: %s", h.ws, h.path, e)

@@ -1,4 +1,4 @@
-"""issue 6: keep the mount daemon's resident memory close to what it really uses.
+"""keep the mount daemon's resident memory close to what it really uses.
 
 The daemon moves file data through large short-lived buffers (8 MiB upload
 parts, 4 MiB readahead runs) in many threads.  glibc serves an allocation of

@@ -181,7 +181,7 @@ def decode_xattr(value: str) -> bytes:
     return base64.b64decode(value)
 
 
-# -- agent state (issue 3): typed user.agentfs.* values ---------------------------------
+# -- agent state: typed user.agentfs.* values ---------------------------------
 
 #: The default lifecycle of ``user.agentfs.status``.
 DEFAULT_TRANSITIONS: dict[str, list[str]] = {
@@ -269,7 +269,7 @@ class StateRow(_Model):
     updated_by: str | None = None
     updated_at: str | None = None
 
-# -- issue 7: rename intents (crash safety of directory renames) ----------------------------
+# -- rename intents (crash safety of directory renames) ----------------------------
 
 
 class RenameIntent(_Versioned):
@@ -292,7 +292,7 @@ class RenameIntent(_Versioned):
 
 __all__ += ["RenameIntent"]
 
-# -- locks (issue 4): leases in the store, see agentfs/locks.py ----------------------
+# -- locks: leases in the store, see agentfs/locks.py ----------------------
 
 
 class LeaseHolder(_Model):
@@ -339,7 +339,7 @@ class Lease(_Versioned):
         """``exclusive``/``shared`` while held, None when free."""
         return self.holders[0].mode if self.holders else None
 
-# -- checkpoints (issue 5) -----------------------------------------------------
+# -- checkpoints -----------------------------------------------------
 
 
 class Checkpoint(_Versioned):
@@ -361,7 +361,7 @@ class Checkpoint(_Versioned):
     bytes: int = 0
     forks: list[str] = Field(default_factory=list)
 
-# -- writeback (issue 6): the crash-safe on-disk upload queue, see agentfs/writeback.py --
+# -- writeback: the crash-safe on-disk upload queue, see agentfs/writeback.py --
 
 
 class QueuedWrite(_Versioned):

@@ -1,4 +1,4 @@
-"""issue 6: streaming upload of a large file while it is written sequentially.
+"""streaming upload of a large file while it is written sequentially.
 
 A file written from offset 0 onwards (``cp``, a download, a build artefact, a
 log written in one go) is uploaded part by part as its writer goes: each time

@@ -131,14 +131,14 @@ class FileSystem:
         self._wake_tail = trio.Event()
         self._caught_up: trio.Event | None = None
 
-        #: locks (issue 4): leases this mount holds for its processes.
+        #: locks: leases this mount holds for its processes.
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
-        #: issue 6: deferred group commit of closes (agentfs/groupcommit.py); set
+        #: deferred group commit of closes (agentfs/groupcommit.py); set
         #: when the flusher task runs (run_background): without it, closes commit.
         self.flusher: groupcommit.Flusher | None = None
-        #: issue 6: deletes garbage keys in the background (agentfs/garbage.py)
+        #: deletes garbage keys in the background (agentfs/garbage.py)
         self.collector: garbage.Collector | None = None
         #: whether the store refuses a second conditional create (probed at start)
         self.cas = True
@@ -147,7 +147,7 @@ class FileSystem:
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
 
-        #: issue 6: --writeback: closes return once the file is in this on-disk queue
+        #: --writeback: closes return once the file is in this on-disk queue
         self.writeback: writeback.Writeback | None = None
         if writeback_mode and not read_only:
             self.writeback = writeback.Writeback(
@@ -174,7 +174,7 @@ class FileSystem:
         else:
             await self.refresh_names()
         if self.writeback is not None:
-            await self.writeback.recover(self)  # issue 6: a crashed mount's queue first
+            await self.writeback.recover(self)  # a crashed mount's queue first
 
     async def refresh_names(self) -> None:
         names = await trio.to_thread.run_sync(self._list_names, limiter=self.limiter)
@@ -207,10 +207,10 @@ class FileSystem:
             ws.ns.owner = ws
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
-            ws.fence = functools.partial(self.leases.fence, name)  # locks (issue 4)
-            ws.flusher = self.flusher  # issue 6: closes do not wait for their journal record
-            ws.garbage.collector = self.collector  # issue 6: old keys deleted after the syscall
-            ws.writeback = self.writeback  # issue 6: --writeback queue (None: durable close)
+            ws.fence = functools.partial(self.leases.fence, name)  # locks
+            ws.flusher = self.flusher  # closes do not wait for their journal record
+            ws.garbage.collector = self.collector  # old keys deleted after the syscall
+            ws.writeback = self.writeback  # --writeback queue (None: durable close)
             self.workspaces[name] = ws
             self.known_names.add(name)
             return ws
@@ -279,7 +279,7 @@ class FileSystem:
                 if isinstance(owner, checkpoints._View):
                     await owner.prepare(pnode)
                 node = self._ws(pnode).lookup(pnode, name)
-                # issue 7: a checkpoint view's root must show the workspace root's
+                # a checkpoint view's root must show the workspace root's
                 # attributes and xattrs as of the checkpoint, not a placeholder.
                 view = node.ns.owner
                 if isinstance(view, checkpoints.SnapshotView) and node is view.ns.root:
@@ -350,9 +350,9 @@ class FileSystem:
         ws = self._ws(pnode)
         if isinstance(ws, checkpoints.SnapshotsDir):
             if self.writeback is not None:
-                await self.writeback.drain()  # issue 6: a checkpoint includes queued closes
+                await self.writeback.drain()  # a checkpoint includes queued closes
             node = await ws.mkdir_checkpoint(name, caller)  # mkdir .snapshots/NAME
-            view = node.ns.owner  # issue 7: the view's root as of the checkpoint (see lookup)
+            view = node.ns.owner  # the view's root as of the checkpoint (see lookup)
             if isinstance(view, checkpoints.SnapshotView):
                 await view.prepare(node)
         else:
@@ -448,7 +448,7 @@ class FileSystem:
     async def flush(self, fh: int) -> None:
         h = self._h(fh)
         if not h.write:
-            # issue 7: closing a read-only descriptor uploads nothing, so it never
+            # closing a read-only descriptor uploads nothing, so it never
             # fails with another writer's upload error (e.g. EIO in a store outage).
             return
         await h.ws.flush(h.of, h.caller)
@@ -476,7 +476,7 @@ class FileSystem:
         try:
             with trio.CancelScope(shield=True):
                 await h.ws.release(h.of, h.caller)
-                if self.leases.held:  # locks (issue 4): closing the file releases its lease (flock rule)
+                if self.leases.held:  # locks: closing the file releases its lease (flock rule)
                     others = [o.caller for o in self.handles.values() if o.of is h.of]
                     # a file diverted to its conflict copy was locked under its own path
                     path = h.of.diverted_from or h.ws.ns.path_of(h.of.node)
@@ -512,9 +512,9 @@ class FileSystem:
 
     async def getxattr(self, ino: int, name: str) -> bytes:
         if name == LOCK_XATTR and not self._is_top(ino):
-            return await self._lock_xattr(ino, "get", b"", None)  # locks (issue 4)
+            return await self._lock_xattr(ino, "get", b"", None)  # locks
         if name == writeback.SYNC_XATTR and not self._is_top(ino):
-            node = self.node(ino)  # issue 6: is this file in the store yet? (read-only, not listed)
+            node = self.node(ino)  # is this file in the store yet? (read-only, not listed)
             if isinstance(node.ns.owner, Workspace):
                 return writeback.sync_state(node.ns.owner, node)
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
@@ -522,7 +522,7 @@ class FileSystem:
                 return str(os.getpid()).encode()
             if name == CONTROL_STATUS:
                 dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
-                queued = self.writeback.pending if self.writeback is not None else 0  # issue 6
+                queued = self.writeback.pending if self.writeback is not None else 0
                 return (f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "queued": {queued}, '
                         f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}}}').encode()
             raise NoAttribute(path=name)
@@ -545,29 +545,29 @@ class FileSystem:
             await self.barrier(value)
             return
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
-            # issue 7: the other control names are read-only; on a single-workspace
+            # the other control names are read-only; on a single-workspace
             # mount they must not be stored as ordinary xattrs of its root.
             raise NotPermitted("read-only control attribute", path=name)
         if self._is_top(ino):
             raise NotSupported("the mount root has no attributes")
         if name == LOCK_XATTR:
-            await self._lock_xattr(ino, "set", value, caller)  # locks (issue 4)
+            await self._lock_xattr(ino, "set", value, caller)  # locks
             return
         node = self.node(ino)
         await self._ws(node).setxattr(node, name, value, caller)
 
     async def removexattr(self, ino: int, name: str, caller: Caller) -> None:
         if ino == ROOT_INODE and name.startswith("user.agentfs.mount."):
-            raise NotPermitted("control attributes cannot be removed", path=name)  # issue 7
+            raise NotPermitted("control attributes cannot be removed", path=name)
         if self._is_top(ino):
             raise NoAttribute(path=name)
         if name == LOCK_XATTR:
-            await self._lock_xattr(ino, "remove", b"", caller)  # locks (issue 4)
+            await self._lock_xattr(ino, "remove", b"", caller)  # locks
             return
         node = self.node(ino)
         await self._ws(node).removexattr(node, name, caller)
 
-    # -- locks (issue 4): user.agentfs.lock is a lease in the store, not a stored xattr --
+    # -- locks: user.agentfs.lock is a lease in the store, not a stored xattr --
 
     async def _lock_xattr(self, ino: int, op: str, value: bytes, caller: Caller | None) -> bytes:
         """get: the holders as JSON; set ``exclusive``/``shared`` [``wait``]: take
@@ -600,7 +600,7 @@ class FileSystem:
         caller = caller or Caller.current(self.agent)
         await self._releases_done()
         if self.writeback is not None:
-            await self.writeback.drain()  # issue 6: queued closes, in parallel
+            await self.writeback.drain()  # queued closes, in parallel
         for ws in list(self.workspaces.values()):
             await ws.sync(caller)
 
@@ -757,42 +757,42 @@ class FileSystem:
         nursery.start_soon(self.invalidator)
         nursery.start_soon(self.tail)
         nursery.start_soon(self.scanner)
-        # Agent state (issue 3): TTL pruning and STATE.md.
+        # Agent state: TTL pruning and STATE.md.
         nursery.start_soon(lambda: agentstate.background(lambda: list(self.workspaces.values()),
                                                          read_only=self.read_only))
 
-        nursery.start_soon(self.leases.heartbeat)  # locks (issue 4)
+        nursery.start_soon(self.leases.heartbeat)  # locks
         nursery.start_soon(openmarks.keep, lambda: [ws.keep_marks for ws in self.workspaces.values()])
-        if groupcommit.ENABLED and not self.read_only:  # issue 6
+        if groupcommit.ENABLED and not self.read_only:
             self.flusher = groupcommit.Flusher()
             for ws in self.workspaces.values():
                 ws.flusher = self.flusher
             nursery.start_soon(self.flusher.run, lambda: list(self.workspaces.values()))
-        if not self.read_only:  # issue 6
+        if not self.read_only:
             self.collector = garbage.Collector()
             for ws in self.workspaces.values():
                 ws.garbage.collector = self.collector
             nursery.start_soon(self.collector.run, lambda: list(self.workspaces.values()))
-        if self.writeback is not None:  # issue 6: the --writeback uploader
+        if self.writeback is not None:  # the --writeback uploader
             nursery.start_soon(self.writeback.run)
 
     async def fsyncdir(self, fh: int) -> None:
-        """issue 6: fsync of a directory makes the entries of earlier closes durable
+        """fsync of a directory makes the entries of earlier closes durable
         in the journal (every workspace's deferred records are committed)."""
         del fh
         await self._releases_done()
         if self.writeback is not None:
-            await self.writeback.drain()  # issue 6: --writeback: queued closes too
+            await self.writeback.drain()  # --writeback: queued closes too
         for ws in list(self.workspaces.values()):
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
 
     async def _flush_deferred_of(self, name: str) -> None:
-        """issue 6: commit a workspace's deferred records (before a lease is released)."""
+        """commit a workspace's deferred records (before a lease is released)."""
         ws = self.workspaces.get(name)
         if ws is not None:
             if self.writeback is not None:
-                await self.writeback.drain(ws)  # issue 6: what the holder wrote, before others may
+                await self.writeback.drain(ws)  # what the holder wrote, before others may
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
 
@@ -805,23 +805,23 @@ class FileSystem:
                     for of in ws.open_files.values() if of.dirty]
             log.error("unmount: could not upload %d files (%s): %s", len(lost), e, ", ".join(
                 str(p) for p in lost[:20]))
-        for ws in self.workspaces.values():  # agent state (issue 3): last STATE.md
+        for ws in self.workspaces.values():  # agent state: last STATE.md
             try:
                 await agentstate.flush_state_md(ws, force=True)
             except AgentFSError as e:
                 log.warning("unmount: STATE.md of %s not written: %s", ws.name, e)
 
         try:
-            await self.leases.release_all()  # locks (issue 4): after the last uploads (still fenced)
+            await self.leases.release_all()  # locks: after the last uploads (still fenced)
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
         for ws in self.workspaces.values():  # other mounts may prune what was open here
             await ws.marks.unmark_all()
         for h in list(self.handles.values()):
             if self.writeback is not None and h.of.dirty:
-                continue  # issue 6: a queued working copy stays for the next mount's replay
+                continue  # a queued working copy stays for the next mount's replay
             h.of.close_local()
         self.cache.close()
         if self.writeback is not None:
-            self.writeback.close()  # issue 6: what is still queued is replayed by the next mount
+            self.writeback.close()  # what is still queued is replayed by the next mount
 

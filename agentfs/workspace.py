@@ -155,7 +155,7 @@ class OpenFile:
     unlinked: bool = False
     #: Where the file was last seen, to keep its bytes if another mount removes it.
     last_path: str | None = None
-    #: issue 6: the upload of a file being written sequentially (agentfs/streaming.py)
+    #: the upload of a file being written sequentially (agentfs/streaming.py)
     stream: streaming.Stream | None = None
     #: The file is empty by a truncation or its creation and nothing was
     #: written since: a descriptor's close does not publish it on its own (a
@@ -229,7 +229,7 @@ class _Pending:
     records: list[Record]
     done: bool = False
     error: BaseException | None = None
-    #: issue 6: queued by a close that does not wait (agentfs/groupcommit.py)
+    #: queued by a close that does not wait (agentfs/groupcommit.py)
     deferred: bool = False
 
 
@@ -271,11 +271,11 @@ class Workspace(EntryReads):
         self._missing_seen: set[str] = set()
         #: Closed files whose last upload failed, with who wrote them.
         self._retry: dict[int, Caller] = {}
-        # Agent state (issue 3): xattr read-modify-write is serialised in this
+        # Agent state: xattr read-modify-write is serialised in this
         # mount; recent state changes feed STATE.md (see agentstate.py).
         self._xattr_lock = trio.Lock()
         self.recent = agentstate.RecentChanges()
-        #: issue 7: ids of this mount's rename intents in progress (agentfs/intents.py).
+        #: ids of this mount's rename intents in progress (agentfs/intents.py).
         self._renaming: set[str] = set()
         #: ids of rename intents whose commit this workspace applied (settled at once by a scan)
         self.committed_intents: set[str] = set()
@@ -283,22 +283,22 @@ class Workspace(EntryReads):
         #: found nothing newer, or a commit that took the next number)
         self.caught_up_at = -1e9
 
-        #: locks (issue 4): called before every upload with (path, caller); raises
+        #: locks: called before every upload with (path, caller); raises
         #: Fenced when the caller's lease on path was taken over (set by the mount).
         self.fence: Callable[[str, Caller], Awaitable[None]] | None = None
 
-        #: issue 6: set by the mount; uploads then queue their commit without
+        #: set by the mount; uploads then queue their commit without
         #: waiting for it (deferred group commit, agentfs/groupcommit.py).
         self.flusher: groupcommit.Flusher | None = None
-        #: issue 6: deferred records of the batch being written (not yet applied from it)
+        #: deferred records of the batch being written (not yet applied from it)
         self._inflight: list[Record] = []
-        #: issue 6: deletes of committed garbage (old keys of unlinks and renames),
+        #: deletes of committed garbage (old keys of unlinks and renames),
         #: drained by the mount's collector after the syscall returned (agentfs/garbage.py)
         self.garbage = garbage.Garbage(self)
         #: files with a TTL open here, published for other mounts' pruners
         #: (agentfs/openmarks.py); its run() task belongs to the mount or client
         self.marks = openmarks.OpenMarks(store, name, mount_id or f"client-{uuid.uuid4().hex[:12]}", self._io)
-        #: issue 6: the --writeback queue (agentfs/writeback.py), set by the mount:
+        #: the --writeback queue (agentfs/writeback.py), set by the mount:
         #: closes then queue the upload on local disk instead of waiting for it.
         self.writeback: Any = None
 
@@ -366,9 +366,9 @@ class Workspace(EntryReads):
             ch.merge(self.ns.apply(r.op, r.time))
             if "intent" in r.detail:
                 self.committed_intents.add(r.detail["intent"])
-        self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state (issue 3)
+        self.recent.feed(commit, local=commit.mount == self.mount_id)  # agent state
         if self._inflight or self._queue:
-            # issue 6: the local view is the journal plus our deferred records,
+            # the local view is the journal plus our deferred records,
             # which follow every commit applied so far in the journal order.
             groupcommit.apply_locally(self, [*self._inflight,
                                              *(r for p in self._queue if p.deferred for r in p.records)])
@@ -417,7 +417,7 @@ class Workspace(EntryReads):
                         await self._write_batch(recs)
                 except BaseException as e:
                     self._inflight = []
-                    # issue 6: deferred records have no waiter to tell; they go
+                    # deferred records have no waiter to tell; they go
                     # back to the head of the queue (order kept) for the next batch.
                     self._queue[:0] = [p for p in batch if p.deferred]
                     for p in batch:
@@ -431,7 +431,7 @@ class Workspace(EntryReads):
         if me.error is not None:
             raise me.error
 
-    # -- issue 6: deferred group commit (agentfs/groupcommit.py) ---------------
+    # -- deferred group commit (agentfs/groupcommit.py) ---------------
 
     def commit_deferred(self, records: list[Record]) -> None:
         """Queue records for the next group commit without waiting for it; they
@@ -443,7 +443,7 @@ class Workspace(EntryReads):
         self.flusher.notify(self.deferred_pending)
 
     async def _commit_meta(self, records: list[Record]) -> None:
-        """issue 6: with --writeback, metadata records (mkdir, symlink, setattr)
+        """with --writeback, metadata records (mkdir, symlink, setattr)
         go through the crash-safe queue into the next group commit; otherwise
         they are committed now."""
         if self.writeback is not None and self.flusher is not None:
@@ -487,10 +487,10 @@ class Workspace(EntryReads):
             c = Commit(seq=seq, mount=self.mount_id, host=HOSTNAME, records=records)
             started = time.monotonic()
             if await self._io(self.journal.append, c):
-                # Taking seq means no commit before it was unknown to us (issue 6:
-                # this spares the checkpoint fence a GET, see checkpoints.fence).
+                # Taking seq means no commit before it was unknown to us (this
+                # spares the checkpoint fence a GET, see checkpoints.fence).
                 self._caught_up(started)
-                self._inflight = []  # issue 6: applied from the commit now
+                self._inflight = []  # applied from the commit now
                 self._apply(c, notify=False)
                 break
             # The number is taken: by another mount, or by this very commit when
@@ -503,7 +503,7 @@ class Workspace(EntryReads):
             await self._pull_locked()
 
     async def _maybe_compact(self) -> None:
-        # issue 6: never while deferred records are applied locally but not
+        # never while deferred records are applied locally but not
         # committed (the snapshot would contain them); the next batch retries.
         if self.ns.seq - self._last_state_seq >= COMPACT_EVERY and not any(p.deferred for p in self._queue):
             await self.compact()
@@ -800,7 +800,7 @@ class Workspace(EntryReads):
         of.dirty = True
         of.only_trunc = False
         of.gen += 1
-        streaming.wrote(self, of, off, len(data))  # issue 6: upload finished parts in the background
+        streaming.wrote(self, of, off, len(data))  # upload finished parts in the background
         return len(data)
 
     async def truncate(self, of: OpenFile, size: int) -> None:
@@ -817,7 +817,7 @@ class Workspace(EntryReads):
         of.dirty = True
         of.only_trunc = size == 0
         of.gen += 1
-        streaming.truncated(of, size)  # issue 6
+        streaming.truncated(of, size)
 
     async def flush(self, of: OpenFile, caller: Caller) -> None:
         """A descriptor of the file is closed: upload the file if it changed and
@@ -838,7 +838,7 @@ class Workspace(EntryReads):
             self._raise_if_diverted(of)
             return
         if of.dirty and self.writeback is not None and await self.writeback.enqueue(self, of, caller):
-            return  # issue 6: --writeback (agentfs/writeback.py)
+            return  # --writeback (agentfs/writeback.py)
         await self.publish(of, caller)
 
     async def publish(self, of: OpenFile, caller: Caller) -> None:
@@ -868,7 +868,7 @@ class Workspace(EntryReads):
             return
         if of.dirty:
             if self.writeback is not None and await self.writeback.enqueue(self, of, caller):
-                return  # issue 6: --writeback: kept open and queued (agentfs/writeback.py)
+                return  # --writeback: kept open and queued (agentfs/writeback.py)
             try:
                 await self._upload(of, caller)
             except (Fenced, ConflictError):
@@ -888,7 +888,7 @@ class Workspace(EntryReads):
         of.marked = []
         self.open_files.pop(of.node.ino, None)
         self._retry.pop(of.node.ino, None)
-        streaming.discard(of)  # issue 6: an unused streaming upload is aborted
+        streaming.discard(of)  # an unused streaming upload is aborted
         e = of.node.entry
         path = self.ns.path_of(of.node)
         if (of.local is not None and of.fd >= 0 and not of.dirty and e.etag is not None
@@ -910,7 +910,7 @@ class Workspace(EntryReads):
                 await self._upload_now(of, caller)
             finally:
                 if self.writeback is not None and not of.dirty:
-                    self.writeback.settled(self, of)  # issue 6: drop its queue record
+                    self.writeback.settled(self, of)  # drop its queue record
 
     async def _upload_now(self, of: OpenFile, caller: Caller) -> None:
         async with self.ns_lock.shared(), of.lock:
@@ -932,7 +932,7 @@ class Workspace(EntryReads):
             gen, size = of.gen, of.size
             key = self.key(path)
             cond: dict[str, Any] = {"if_absent": True} if of.base_etag is None else {"if_match": of.base_etag}
-            # -- locks (issue 4): a writer whose lease was taken over is fenced --
+            # -- locks: a writer whose lease was taken over is fenced --
             if self.fence is not None:
                 try:
                     await self.fence(path, caller)
@@ -948,7 +948,7 @@ class Workspace(EntryReads):
                     cond = {}
                 else:
                     await checkpoints.preserve(self, path, node.entry)
-            await self.garbage.claim(key)  # issue 6: a pending delete of this key runs first
+            await self.garbage.claim(key)  # a pending delete of this key runs first
             try:
                 info, sha = await self._put_local(of, key, size, cond)
             except PreconditionFailed:
@@ -958,7 +958,7 @@ class Workspace(EntryReads):
                 await self._keep_conflict(of, path, caller)
                 self._raise_if_diverted(of)
                 return
-            # issue 7: the object at the key is ours now.  Should the commit below
+            # the object at the key is ours now.  Should the commit below
             # fail (store outage), the retried upload must replace this version,
             # not fail its condition against it and turn into a false conflict.
             replaces = of.base_etag
@@ -976,7 +976,7 @@ class Workspace(EntryReads):
             records = [self.record(action, PutOp(path=path, entry=entry), caller, size=size, sha256=sha,
                                    base=replaces)]
             if groupcommit.may_defer(self, path):
-                self.commit_deferred(records)  # issue 6: the bytes are durable; the record follows
+                self.commit_deferred(records)  # the bytes are durable; the record follows
             else:
                 await self.commit(records)
             of.base_etag, of.orphan = info.etag, None
@@ -984,7 +984,7 @@ class Workspace(EntryReads):
                 of.dirty = False
 
     async def _put_local(self, of: OpenFile, key: str, size: int, cond: dict[str, Any]) -> tuple[Any, str]:
-        # issue 6: a file written sequentially has its parts uploaded already
+        # a file written sequentially has its parts uploaded already
         # (None: no usable stream, upload the whole file)
         done = await streaming.finish(of, key, size, cond, self.limiter)
         if done is not None:
@@ -1072,8 +1072,8 @@ class Workspace(EntryReads):
         """Upload the file if it changed and wait for its journal record.
         Raises :class:`ConflictError` as :meth:`flush` does."""
         if of.dirty:
-            await self._upload(of, caller)  # durable, also with --writeback (issue 6)
-        await self.flush_deferred()  # issue 6: fsync waits for the journal record too
+            await self._upload(of, caller)  # durable, also with --writeback
+        await self.flush_deferred()  # fsync waits for the journal record too
         self._raise_if_diverted(of)
 
     # -- changing attributes ----------------------------------------------------
@@ -1126,18 +1126,18 @@ class Workspace(EntryReads):
             if node.pending:
                 node.entry = new  # committed with the data on first flush
                 if self.writeback is not None:
-                    self.writeback.entry_changed(self, node)  # issue 6: its queue record follows
+                    self.writeback.entry_changed(self, node)  # its queue record follows
                 return
             path = self._path(node)
             records = [self.record(action, PutOp(path=path, entry=new), caller, **detail)]
             if action == "setattr" and self.writeback is None and groupcommit.rides_along(self, node, path):
-                self.commit_deferred(records)  # issue 6: as durable as the record it follows
+                self.commit_deferred(records)  # as durable as the record it follows
             elif action == "setattr":
-                await self._commit_meta(records)  # issue 6: deferred with --writeback
+                await self._commit_meta(records)  # deferred with --writeback
             else:
                 await self.commit(records)
             if self.writeback is not None:
-                self.writeback.entry_changed(self, node)  # issue 6: a queued file's record follows
+                self.writeback.entry_changed(self, node)  # a queued file's record follows
 
     # -- xattrs -------------------------------------------------------------------
 
@@ -1154,7 +1154,7 @@ class Workspace(EntryReads):
         if len(value) > MAX_XATTR_VALUE:
             raise TooBig("xattr value larger than 64 KiB")
         async with self._xattr_lock:
-            # Agent state (issue 3): typed user.agentfs.* names are validated,
+            # Agent state: typed user.agentfs.* names are validated,
             # stamped and journaled as "state" old -> new (agentstate.py).
             change = agentstate.prepare_set(node, self.ns.root.entry, name, value, caller,
                                             path=self.ns.path_of(node) or "", default_agent=self.agent)
@@ -1176,7 +1176,7 @@ class Workspace(EntryReads):
         async with self._xattr_lock:
             if name not in node.entry.xattrs:
                 raise NoAttribute(path=name)
-            # Agent state (issue 3): see setxattr.
+            # Agent state: see setxattr.
             change = agentstate.prepare_remove(node, name, caller, path=self.ns.path_of(node) or "",
                                                default_agent=self.agent)
             if change is not None:
@@ -1203,14 +1203,14 @@ class Workspace(EntryReads):
             if node.pending:
                 self.ns.detach(node)
                 if of is not None and self.writeback is not None:
-                    self.writeback.discard(self, of)  # issue 6: never uploaded, never will be
+                    self.writeback.discard(self, of)  # never uploaded, never will be
                 return
             path = self._path(node)
             await checkpoints.preserve(self, path, node.entry)  # checkpoints: copy-on-write
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
             if of is not None and self.writeback is not None:
-                self.writeback.discard(self, of)  # issue 6: its queued bytes are garbage now
+                self.writeback.discard(self, of)  # its queued bytes are garbage now
             if node.entry.kind == "f" and node.entry.etag is not None:
                 await self.garbage.add([(self.key(path), node.entry.etag)])
 
@@ -1247,7 +1247,7 @@ class Workspace(EntryReads):
         check_name(new_name)
         if self.writeback is not None and await self.writeback.rename_local(
                 self, old_parent, old_name, new_parent, new_name, noreplace=noreplace):
-            return  # issue 6: --writeback: a file not uploaded yet moves locally
+            return  # --writeback: a file not uploaded yet moves locally
         of = self.open_files.get(self.lookup(old_parent, old_name).ino)
         if of is not None and of.dirty:
             # A file never uploaded (or changed since) reaches the store first,
@@ -1294,16 +1294,16 @@ class Workspace(EntryReads):
             async def copy_one(rel: str, n: Node) -> None:
                 old_key = n.entry.data_key or self.key(join(src_path, rel) if rel else src_path)
                 new_key = self.key(join(dst_path, rel) if rel else dst_path)
-                await self.garbage.claim(new_key)  # issue 6: a pending delete of new_key runs first
+                await self.garbage.claim(new_key)  # a pending delete of new_key runs first
                 try:
-                    # the committed size spares S3 a HEAD of the source (issue 6)
+                    # the committed size spares S3 a HEAD of the source
                     info = await self._io(self.store.copy, old_key, new_key, if_match=n.entry.etag,
                                           size=n.entry.size)
                 except PreconditionFailed:
                     raise Stale("the file changed in the store during the rename", path=old_key) from None
                 etags[rel] = info.etag
 
-            # issue 7: an intent names the new keys first, so copies of a rename
+            # an intent names the new keys first, so copies of a rename
             # killed before its commit are removed, not adopted (agentfs/intents.py)
             intent = await self._io(intents.begin, self.journal, seq=self.ns.seq, src=src_path,
                                     dst=dst_path, mount=self.mount_id,
@@ -1325,7 +1325,7 @@ class Workspace(EntryReads):
                     records += await self._touch_dir(new_parent, caller)
                 await self.commit(records)
             except BaseException:
-                # issue 7: the intent stays in the store; a later scan settles it
+                # the intent stays in the store; a later scan settles it
                 if intent is not None:
                     self._renaming.discard(intent.id)
                 raise
@@ -1339,7 +1339,7 @@ class Workspace(EntryReads):
                         for rel, _ in files]
             if dst is not None and dst.entry.kind == "f" and dst.entry.etag is not None and "" not in etags:
                 old_keys.append((self.key(dst_path), dst.entry.etag))
-            # issue 6: deleted after the syscall returns (agentfs/garbage.py); a crash
+            # deleted after the syscall returns (agentfs/garbage.py); a crash
             # first leaves tombstoned leftovers and a committed intent, which scans settle.
             if intent is not None:
                 self._renaming.discard(intent.id)
@@ -1360,9 +1360,9 @@ class Workspace(EntryReads):
                     self._forget_open(of)
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush_deferred()  # issue 6: closed files' records reach the journal
+                await self.flush_deferred()  # closed files' records reach the journal
                 if len(self.garbage):
-                    try:  # issue 6: no leftovers after an unmount (else the scan removes them)
+                    try:  # no leftovers after an unmount (else the scan removes them)
                         await self.garbage.drain()
                     except Exception as e:  # nurseries wrap store errors
                         log.warning("workspace %s: deleting garbage: %s", self.name, e)

@@ -1,4 +1,4 @@
-"""The ``--writeback`` mount mode (issue 6): close() returns before the upload.
+"""The ``--writeback`` mount mode: close() returns before the upload.
 
 In the default mode a close returns once the file's bytes are in the store.
 With ``agentfs mount --writeback`` a close (FUSE ``flush``/``release``)

@@ -1,4 +1,4 @@
-"""A corpus of hostile inputs (issue 7): the right errno, and the mount stays alive.
+"""A corpus of hostile inputs: the right errno, and the mount stays alive.
 
 Through a real mount of a local store (names, xattrs, control xattrs,
 workspace names), through the Python API and the CLI (what the kernel cannot
@@ -341,7 +341,7 @@ def test_damaged_state_snapshot(local: str, damage: str) -> None:
     assert check_store(open_store(local)).clean
 
 
-# -- typed state, locks, checkpoints (issue 7, round 2) ----------------------------------------
+# -- typed state, locks, checkpoints ----------------------------------------
 # test_state_mount.py already covers an unknown status or transition, bad JSON and
 # wrong-typed labels, a bad ttl word, an oversized owner/note, an unknown name, a bad
 # lifecycle and writes of updated_by/updated_at; these are the payloads it does not try.

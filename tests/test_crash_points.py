@@ -1,4 +1,4 @@
-"""Crash at any instant: many seeded SIGKILL points (issue 7).
+"""Crash at any instant: many seeded SIGKILL points.
 
 Builds on ``tests/test_crash.py`` (its :class:`Workload` model and verifier).
 Every round: a busy workload runs on a live mount, the daemon is SIGKILLed at a
@@ -280,7 +280,7 @@ def test_rename_intents_are_settled(local_url: str) -> None:
         c.close()
 
 
-# -- checkpoint restore and fork (issue 7, round 2) -------------------------------------------
+# -- checkpoint restore and fork -------------------------------------------
 
 RESTORE_ROUNDS = int(os.environ.get("CRASH_RESTORE_ROUNDS", "3"))
 FORK_ROUNDS = int(os.environ.get("CRASH_FORK_ROUNDS", "3"))

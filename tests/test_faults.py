@@ -1,4 +1,4 @@
-"""Store faults: transient errors, latency spikes and total outages (issue 7).
+"""Store faults: transient errors, latency spikes and total outages.
 
 The :class:`FaultyStore` wrapper injects the failures; the
 :class:`RetryingStore` above it is the one layer that retries.  Tests run the

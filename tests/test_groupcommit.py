@@ -1,4 +1,4 @@
-"""Deferred group commit (issue 6): a close waits for its data PUT only.
+"""Deferred group commit: a close waits for its data PUT only.
 
 Core tests drive ``Workspace`` without FUSE, with a :class:`Flusher` running
 as a mount runs it: store requests per small file, journal order after

@@ -1,4 +1,4 @@
-"""Isolation and secrets (issue 7).
+"""Isolation and secrets.
 
 - a mount of one workspace (``--workspace``) cannot reach another workspace's
   files nor agentfs's own records (``.agentfs/``), by path, symlink or rename;

@@ -1,4 +1,4 @@
-"""Model-based random testing of the newer features, on a real mount (issue 7, item 3).
+"""Model-based random testing of the newer features, on a real mount.
 
 Extends ``tests/test_model.py`` (its Model, Real, Runner and Gen) with operations
 that need a real mount and a store:
@@ -302,7 +302,7 @@ class ExtGen(Gen):
         if not self.oob:
             return None
         # A name never used before: an object landing within 1 s of a delete at the same
-        # path is taken for a crash leftover and removed (see the note of issue 7 round 2).
+        # path is taken for a crash leftover and removed.
         self.n_oob = getattr(self, "n_oob", 0) + 1
         # Another tool overwrites a tracked file.  Not one whose bytes a checkpoint may
         # still need at its natural key: agentfs preserves old bytes only for writes that

@@ -502,7 +502,7 @@ def test_library_write_appears_in_mount(mount: Mount, store_url: str, record_pro
         report_latency(record_property, "library_write_latency_s", t)
         # The other direction: the library sees a write made through the mount.
         write_file(mount.path / "ws" / "from-mount.txt", b"hello library\n")
-        # issue 6: the mount's close group-commits its record right after it returns
+        # the mount's close group-commits its record right after it returns
         # (deferred group commit); the library sees it with that batch.
         wait_for(lambda: _lib_read_or_none(w, "from-mount.txt") == b"hello library\n",
                  what="from-mount.txt in the library")

@@ -1,4 +1,4 @@
-"""issue 6: readahead fetches aligned runs of blocks, one ranged request each.
+"""readahead fetches aligned runs of blocks, one ranged request each.
 
 Core test of :class:`agentfs.cache.Cache` (no FUSE): the fetch function reads
 from an in-memory object and records every range asked for.

@@ -1,4 +1,4 @@
-"""issue 6: streaming upload of a file written sequentially (agentfs/streaming.py).
+"""streaming upload of a file written sequentially (agentfs/streaming.py).
 
 Real FUSE mounts on moto S3.  The evidence is at the request level: moto's
 list of unfinished multipart uploads shows the stream's parts going up before

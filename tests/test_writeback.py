@@ -1,4 +1,4 @@
-"""The ``--writeback`` mount mode (issue 6): close() returns once the file is
+"""The ``--writeback`` mount mode: close() returns once the file is
 in the crash-safe on-disk queue; a background uploader follows.
 
 Mount tests run over a local directory store and moto S3.  The uploader is

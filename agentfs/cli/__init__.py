@@ -377,11 +377,11 @@ def check(
     raise typer.Exit(0 if rep.clean else 1)
 
 
-# Agent state and the audit log (issue 3): state ls/get/set/lifecycle, log, prune.
+# Agent state and the audit log: state ls/get/set/lifecycle, log, prune.
 _state_cli.register(app)
 
 
-# locks (issue 4): `agentfs lock`, `agentfs locks`
+# locks: `agentfs lock`, `agentfs locks`
 from agentfs.cli.locks import register as _register_locks  # noqa: E402
 
 _register_locks(app)
@@ -401,7 +401,7 @@ def main() -> None:
     for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        # issue 7: without standalone mode click *returns* the code of a
+        # without standalone mode click *returns* the code of a
         # typer.Exit instead of raising it; it used to be dropped (exit 0).
         rc = app(standalone_mode=False)
     except AgentFSError as e:

@@ -112,7 +112,7 @@ def run_mount(cfg: MountConfig) -> int:
     problem = fuse_problem()
     if problem:
         raise AgentFSError(problem)
-    memory.tune_malloc()  # issue 6: large buffers go back to the system when freed
+    memory.tune_malloc()  # large buffers go back to the system when freed
     mp = Path(cfg.mountpoint)
     if not mp.is_dir():
         raise InvalidArgument("mountpoint is not a directory", path=str(mp))

@@ -80,7 +80,7 @@ def _name(raw: bytes) -> str:
 
 
 def _text(raw: bytes, what: str) -> str:
-    """Strict UTF-8 for a symlink target or an xattr name (issue 7: invalid bytes
+    """Strict UTF-8 for a symlink target or an xattr name (invalid bytes
     are EINVAL, not surrogates that fail later with EIO)."""
     try:
         return raw.decode("utf-8")
@@ -251,7 +251,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def fsyncdir(self, fh, datasync):
-        await self.fs.fsyncdir(fh)  # issue 6: commits the deferred records of closes
+        await self.fs.fsyncdir(fh)  # commits the deferred records of closes
 
     @boundary
     async def statfs(self, ctx):

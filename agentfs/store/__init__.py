@@ -99,7 +99,7 @@ def open_backend(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
         raise InvalidArgument(f"invalid store URL {_redact(url)!r}: {_USAGE}")
     authority = rest.split("/", 1)[0]
     if scheme.lower() in ("s3", "s3a") and ("@" in rest or ":" in authority):
-        # issue 7: a secret may contain "/", so "s3://KEY:SE/CRET@bucket" has its
+        # a secret may contain "/", so "s3://KEY:SE/CRET@bucket" has its
         # "@" past the first "/": refuse without echoing any of it.
         raise InvalidArgument(
             f"{scheme}:// store URL must not carry credentials or a ':' in the bucket name; "

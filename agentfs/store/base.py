@@ -153,7 +153,7 @@ class ObjectStore(abc.ABC):
         self.close()
 
     def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        """issue 6: make one request outside this interface (``fn``, e.g. an S3
+        """make one request outside this interface (``fn``, e.g. an S3
         multipart step of :mod:`agentfs.streaming`) under the policies of the
         wrappers above the backend: :class:`~agentfs.store.retry.RetryingStore`
         retries it, :class:`~agentfs.store.faults.FaultyStore` injects faults.

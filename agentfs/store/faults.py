@@ -226,5 +226,5 @@ class FaultyStore(ObjectStore):
         self.inner.close()
 
     def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        """issue 6: one request outside the interface, faults injected like the others."""
+        """one request outside the interface, faults injected like the others."""
         return self._call(op, key, lambda: self.inner.request(op, key, fn))

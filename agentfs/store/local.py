@@ -185,7 +185,7 @@ class LocalStore(ObjectStore):
     def remove_temporary(self, older_than: float = 0.0) -> int:
         """Remove temp files of ``.agentfs-tmp/`` older than ``older_than`` seconds.
 
-        Issue 7: the hook of ``agentfs check --repair`` (temp files are not
+        The hook of ``agentfs check --repair`` (temp files are not
         keys, so ``delete`` refuses them).  Only safe while no process writes
         to the store, except with an ``older_than`` beyond any upload's time.
         Returns how many were removed.

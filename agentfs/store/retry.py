@@ -302,7 +302,7 @@ class RetryingStore(ObjectStore):
         self.inner.close()
 
     def request(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        """issue 6: one request outside the interface, retried like the others."""
+        """one request outside the interface, retried like the others."""
         return self._run(op, key, lambda: self.inner.request(op, key, fn))[0]
 
 

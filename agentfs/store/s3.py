@@ -70,7 +70,7 @@ __all__ = ["S3Store", "read_part"]
 log = logging.getLogger(__name__)
 
 #: Default size of one uploaded part (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts).
-#: issue 6: 8 MiB (was 16): the server's cost is the same, and at most
+#: 8 MiB (was 16): the server's cost is the same, and at most
 #: ``max_parallel_parts`` parts are in memory at once.
 PART_SIZE = 8 * 1024 * 1024
 #: S3's limit for a single CopyObject; larger objects are copied in parts.
@@ -78,7 +78,7 @@ COPY_THRESHOLD = 5 * 1024**3
 COPY_PART_SIZE = 512 * 1024**2
 MAX_PARTS = 10_000
 _CHUNK = 1024 * 1024
-#: issue 6: ranged GETs up to this size are read in one round trip (see _get_range).
+#: ranged GETs up to this size are read in one round trip (see _get_range).
 _ONE_HOP = 16 * 1024 * 1024
 #: Attempts to read one response body (a broken stream is resumed, pinned to its ETag).
 _BODY_ATTEMPTS = 3
@@ -178,7 +178,7 @@ def _map_error(exc: BaseException, op: str, where: str,
 
 def read_part(fd: int, off: int, size: int) -> io.BytesIO:
     """Bytes ``[off, off+size)`` of an open file as an upload body, read straight
-    into the body's own buffer (issue 6: one copy in memory per part).
+    into the body's own buffer (one copy in memory per part).
 
     A ``bytes`` body costs two: botocore wraps it in a BytesIO that shares it,
     and aiohttp's ``getbuffer()`` on that BytesIO unshares (copies) it.
@@ -287,7 +287,7 @@ class S3Store(ObjectStore):
                     config["request_checksum_calculation"] = "when_required"
                     config["response_checksum_validation"] = "when_required"
                 if _loopback(self.endpoint_url):
-                    # issue 6: over plain HTTP botocore signs a SHA-256 of every
+                    # over plain HTTP botocore signs a SHA-256 of every
                     # body (a second pass over each uploaded byte).  On the
                     # loopback interface nobody can alter a request in transit.
                     config["s3"] = {"payload_signing_enabled": False}
@@ -405,7 +405,7 @@ class S3Store(ObjectStore):
         return b"".join(parts)
 
     def _get_range(self, key: str, lo: int, end: int, if_match: str | None) -> bytes:
-        """issue 6: a bounded range (a cache block) in one round trip to the S3
+        """a bounded range (a cache block) in one round trip to the S3
         client's event loop: request and body together, instead of a thread hop
         per body chunk.  A body that breaks is StoreUnavailable (the retry
         layer repeats the whole range, pinned to ``if_match`` if given)."""
@@ -557,7 +557,7 @@ class S3Store(ObjectStore):
         if if_match is not None and (cur is None or cur.etag != if_match):
             raise PreconditionFailed("object is not the expected version", path=self._where(key))
 
-    # -- multipart steps (put_file, and issue 6: agentfs/streaming.py) ---------
+    # -- multipart steps (put_file, and agentfs/streaming.py) ---------
 
     def mp_create(self, key: str) -> str:
         """Start a multipart upload of ``key``; returns its upload id.  Nothing
@@ -720,7 +720,7 @@ class S3Store(ObjectStore):
         except NotFound:
             pass
 
-    # -- issue 7: temporary state (unfinished multipart uploads) ----------------
+    # -- temporary state (unfinished multipart uploads) ----------------
 
     def _uploads(self) -> list[tuple[str, str, float]]:
         """(key, upload id, initiated) of every unfinished multipart upload under the prefix."""
