@@ -17,7 +17,8 @@ cd "$ROOT"
 
 VENV="$ROOT/.venv"
 STAMP="$VENV/.agentfs-setup-stamp"
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc git sqlite3 rsync attr)
+# chromium + chromium-driver: the web page's real-browser test (tests/test_web_browser.py)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc git sqlite3 rsync attr chromium chromium-driver)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -394,6 +394,12 @@ app.add_typer(_checkpoint.app, name="checkpoint")
 app.command("gc")(_checkpoint.gc_command)
 
 
+# the review web page: `agentfs serve` (agentfs/cli/web.py, agentfs/web/)
+from agentfs.cli.web import register as _register_web  # noqa: E402
+
+_register_web(app)
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and an exit code."""
     logging.basicConfig(level=os.environ.get("AGENTFS_LOG", "WARNING").upper(),

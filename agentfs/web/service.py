@@ -1,0 +1,281 @@
+"""What the review page asks of the core: a thin, synchronous facade over the
+Python API (:mod:`agentfs.api`), the audit log (:mod:`agentfs.journal`,
+:mod:`agentfs.agentstate`) and checkpoints (:mod:`agentfs.checkpoints`).
+
+Nothing here reads or writes the store by itself: listings come from the
+workspace's namespace (``WorkspaceClient.state_of``), contents from
+``WorkspaceClient.open``/``read_checkpoint_bytes``, changes go through
+``set_state``, ``checkpoint`` and ``restore``, so the page sees and makes
+exactly what a mount, the CLI and the Python API see and make.
+
+Error contract: :class:`agentfs.errors.AgentFSError` subclasses, as the API
+raises them (``NotFound`` for a missing workspace, path or checkpoint,
+``BadName``/``InvalidArgument`` for a bad name or path, ``InvalidState`` for
+a status the workspace's lifecycle refuses).
+
+Concurrency: every method is blocking and thread-safe; the web app calls them
+from worker threads.  One :class:`agentfs.api.WorkspaceClient` per (workspace,
+reviewer) is opened on first use and kept until :meth:`ReviewService.close`,
+because the client records its agent name when it is opened.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentfs import agentstate
+from agentfs.api import WorkspaceClient
+from agentfs.check import workspace_names
+from agentfs.checkpoints import CheckpointDiff
+from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
+from agentfs.journal import Journal
+from agentfs.models import Checkpoint, Entry, StateRow
+from agentfs.store import ObjectStore
+from agentfs.workspace import check_workspace_name
+
+__all__ = ["FileDiff", "ListItem", "ReviewService", "check_path", "error_status"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes of a file shown in a preview or compared in a diff (the rest: download).
+PREVIEW_BYTES = 1 << 20
+#: Files of a checkpoint diff that get a line diff (the others are listed only).
+DIFF_FILES = 20
+#: Longest path accepted from a request.
+MAX_PATH = 4096
+_KINDS = {"f": "file", "d": "dir", "l": "symlink"}
+
+
+def check_path(path: str) -> str:
+    """A workspace path from a URL, normalised (no leading/trailing ``/``).
+
+    Raises InvalidArgument for ``.``/``..``/empty components, NUL or an
+    oversize path: the page never resolves a path the namespace would not
+    hold (and never touches a local file), but refuses such input plainly."""
+    p = path.strip("/")
+    if len(p) > MAX_PATH or "\0" in p:
+        raise InvalidArgument("bad path", path=p[:200])
+    if p and any(part in ("", ".", "..") for part in p.split("/")):
+        raise InvalidArgument("bad path (empty, '.' or '..' component)", path=p[:200])
+    return p
+
+
+@dataclass(frozen=True)
+class ListItem:
+    """One row of a directory listing."""
+
+    name: str
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    state: StateRow | None
+
+
+@dataclass
+class FileDiff:
+    """A line diff of one text file between two versions (None sides: absent)."""
+
+    path: str
+    lines: list[str] = field(default_factory=list)
+    note: str = ""  # why there is no line diff (binary, too large)
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class ReviewService:
+    """The review page's view of one store (optionally limited to some workspaces)."""
+
+    def __init__(self, store: ObjectStore, *, workspaces: list[str] | None = None, agent: str = "") -> None:
+        self.store = store
+        self.allowed = set(workspaces) if workspaces else None
+        self.agent = agent
+        self._clients: dict[tuple[str, str], WorkspaceClient] = {}
+        self._lock = threading.Lock()
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _check_ws(self, ws: str) -> None:
+        check_workspace_name(ws)  # BadName before any key is built from it
+        if self.allowed is not None and ws not in self.allowed:
+            raise NotFound("no such workspace", path=ws)
+
+    def client(self, ws: str, reviewer: str = "") -> WorkspaceClient:
+        """The client of ``ws`` that records ``reviewer`` (default: the server's agent)."""
+        self._check_ws(ws)
+        agent = reviewer or self.agent
+        with self._lock:  # one open per key, even under concurrent first requests
+            c = self._clients.get((ws, agent))
+            if c is None:
+                if not Journal(self.store, ws).exists():
+                    raise NotFound("no such workspace", path=ws)
+                c = WorkspaceClient(self.store, ws, agent=agent, create=False)
+                self._clients[(ws, agent)] = c
+            return c
+
+    def close(self) -> None:
+        """Close every client (idempotent); the store stays open (the caller's)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            try:
+                c.close()
+            except Exception:  # closing the rest matters more than this one
+                log.warning("closing a workspace client failed", exc_info=True)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def workspaces(self) -> list[str]:
+        names = workspace_names(self.store)
+        return [n for n in names if self.allowed is None or n in self.allowed]
+
+    def entry(self, ws: str, path: str) -> Entry:
+        """The head entry of ``path`` (NotFound when absent)."""
+        head = self.client(ws).state_of(None)
+        e = head.entries.get(check_path(path))
+        if e is None:
+            raise NotFound(path=path)
+        return e
+
+    def listing(self, ws: str, path: str) -> list[ListItem]:
+        """The entries directly in directory ``path`` at the head, directories first."""
+        path = check_path(path)
+        head = self.client(ws).state_of(None)
+        top = head.entries.get(path)
+        if top is None:
+            raise NotFound(path=path or ws)
+        if top.kind != "d":
+            raise InvalidArgument("not a directory", path=path)
+        prefix = path + "/" if path else ""
+        out = []
+        for p, e in head.entries.items():
+            if not p or not p.startswith(prefix) or "/" in p[len(prefix):]:
+                continue
+            out.append(ListItem(p[len(prefix):], p, _KINDS[e.kind], e.size, e.mtime_ns, agentstate.row_of(p, e)))
+        return sorted(out, key=lambda i: (i.kind != "dir", i.name))
+
+    def head_bytes(self, ws: str, path: str, limit: int = PREVIEW_BYTES) -> bytes:
+        """The first ``limit`` bytes of a file at the head."""
+        path = check_path(path)
+        with self.client(ws).open(path, "rb") as f:
+            return f.read(limit)
+
+    def open_file(self, ws: str, path: str) -> io.BufferedIOBase:
+        """A reader of the file at the head (the caller closes it)."""
+        return self.client(ws).open(check_path(path), "rb")
+
+    def version_bytes(self, ws: str, path: str, at: str | None) -> bytes:
+        """The whole file at checkpoint ``at`` (None or ``head``: now)."""
+        path = check_path(path)
+        c = self.client(ws)
+        if at in (None, "", "head"):
+            if self.entry(ws, path).kind != "f":
+                raise IsADirectory(path=path)
+            return c.read_bytes(path)
+        return c.read_checkpoint_bytes(at, path)
+
+    def state(self, ws: str, path: str) -> StateRow | None:
+        return self.client(ws).state(check_path(path))
+
+    def review_queue(self, ws: str, *, status: str | None = "review", owner: str | None = None,
+                     label: str | None = None, task: str | None = None) -> list[StateRow]:
+        """Files with agent state matching the filters, oldest change first."""
+        rows = self.client(ws).state_ls(status=status or None, owner=owner or None, label=label or None)
+        rows = [r for r in rows if r.kind == "file" and (not task or r.task == task)]
+        return sorted(rows, key=lambda r: (r.updated_at or "", r.path))
+
+    def audit_log(self, ws: str, path: str = "", *, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit records of ``ws`` (or of ``path``'s subtree), newest first."""
+        from agentfs.cli.state import log_rows  # the CLI's flattening: both show the same rows
+
+        self._check_ws(ws)
+        j = Journal(self.store, ws)
+        commits = list(agentstate.read_records(j))
+        if not commits and not j.exists():
+            raise NotFound("no such workspace", path=ws)
+        rows = log_rows(commits, path=check_path(path))
+        for r in rows:
+            if r["action"] == "state":
+                r["change"] = agentstate.describe_change(r)
+        return list(reversed(rows[-limit:] if limit > 0 else rows))
+
+    def checkpoints(self, ws: str) -> list[Checkpoint]:
+        return self.client(ws).checkpoints()
+
+    def diff(self, ws: str, a: str, b: str = "head") -> CheckpointDiff:
+        """What changed from checkpoint ``a`` to ``b`` (``head``: now)."""
+        return self.client(ws).diff(a or None, b or "head")
+
+    def file_diffs(self, ws: str, d: CheckpointDiff, a: str, b: str) -> list[FileDiff]:
+        """Unified line diffs of the first files a diff names (text files up to the preview size)."""
+        out = []
+        for path in (d.changed + d.added + d.removed)[:DIFF_FILES]:
+            out.append(self.file_diff(ws, path, a, b))
+        return out
+
+    def file_diff(self, ws: str, path: str, a: str, b: str) -> FileDiff:
+        """The unified diff of ``path`` from version ``a`` to ``b`` (checkpoint names or ``head``)."""
+        sides: list[bytes | None] = []
+        for at in (a, b):
+            try:
+                sides.append(self.version_bytes(ws, path, at))
+            except NotFound:
+                sides.append(None)  # added or removed: diff against nothing
+            except IsADirectory:
+                return FileDiff(path, note="directory")
+        if any(s is not None and len(s) > PREVIEW_BYTES for s in sides):
+            return FileDiff(path, note="too large for a line diff")
+        old, new = _text(sides[0]), _text(sides[1])
+        if old is None or new is None:
+            return FileDiff(path, note="binary")
+        lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{path}@{a or 'head'}",
+                                          f"{path}@{b or 'head'}", lineterm=""))
+        return FileDiff(path, lines, "" if lines else "no line changes")
+
+    # -- changing (recorded as the reviewer) ---------------------------------------
+
+    def set_status(self, ws: str, reviewer: str, path: str, status: str, note: str = "") -> StateRow | None:
+        """A status transition under the workspace's lifecycle (InvalidState when
+        refused, nothing changed), then the reviewer's note if any."""
+        path = check_path(path)
+        fields: dict[str, str | list[str] | None] = {"status": status}
+        if note.strip():
+            fields["note"] = note.strip()
+        return self.client(ws, reviewer).set_state(path, **fields)
+
+    def create_checkpoint(self, ws: str, reviewer: str, name: str = "", note: str = "") -> Checkpoint:
+        return self.client(ws, reviewer).checkpoint(name.strip() or None, note=note.strip())
+
+    def restore(self, ws: str, reviewer: str, name: str) -> Checkpoint:
+        """Roll ``ws`` back to checkpoint ``name``; returns the checkpoint that undoes it."""
+        if not name:
+            raise InvalidArgument("no checkpoint named")
+        return self.client(ws, reviewer).restore(name)
+
+
+def error_status(e: AgentFSError) -> int:
+    """The HTTP status a core error is answered with (4xx for the caller's mistakes)."""
+    from agentfs import errors as E
+
+    table: list[tuple[type[AgentFSError], int]] = [
+        (E.NotFound, 404), (E.InvalidState, 409), (E.InvalidArgument, 400), (E.NameTooLong, 400),
+        (E.AlreadyExists, 409), (E.Busy, 409), (E.Stale, 409), (E.IsADirectory, 400),
+        (E.NotADirectory, 400), (E.ReadOnly, 403), (E.PermissionDenied, 403), (E.NotPermitted, 403),
+        (E.TooBig, 413), (E.StoreUnavailable, 503),
+    ]
+    for cls, status in table:
+        if isinstance(e, cls):
+            return status
+    return 500
