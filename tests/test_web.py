@@ -361,3 +361,21 @@ async def test_review_and_roll_back_on_s3(s3_url: str, monkeypatch: pytest.Monke
     st = await api(s3_url, lambda c: c.state("report.md"))
     assert st is not None and st.status == "review"  # the roll back restored the state of v1 too
     assert ("alice", "approved") in journal_states(s3_url, "report.md")
+
+
+async def test_locks_page_shows_the_holder(web: object, store_url: str) -> None:
+    c = await trio.to_thread.run_sync(lambda: agentfs.open_workspace(store_url, "ws", agent="locker", create=False))
+    held = c.lock("report.md")
+    try:
+        await trio.to_thread.run_sync(held.__enter__)
+        async with client(web) as h:
+            r = await h.get("/w/ws/locks")
+            assert re.search(r'report.md</a></td><td>exclusive</td><td>locker</td>', r.text), r.text
+            r = await h.get("/w/ws/files/report.md")
+            assert "Locked (exclusive) by locker@" in r.text
+            await trio.to_thread.run_sync(held.__exit__, None, None, None)
+            r = await h.get("/w/ws/locks")
+            assert "no lock is held" in r.text
+            assert "Locked (" not in (await h.get("/w/ws/files/report.md")).text
+    finally:
+        await trio.to_thread.run_sync(c.close)

@@ -12,8 +12,8 @@ one in docs/ was taken this way).
 from __future__ import annotations
 
 import os
-import re
 import queue
+import re
 import signal
 import subprocess
 import sys

@@ -4,7 +4,7 @@ Pages (GET): ``/`` workspaces; ``/w/WS/files/PATH`` a directory listing or a
 file (preview, agent state, Approve / Request changes, its history);
 ``/w/WS/raw/PATH[?at=CP]`` the bytes (a download); ``/w/WS/review`` the
 review queue (``status``, ``owner``, ``label``, ``task`` filters, oldest first);
-``/w/WS/log[?path=P]`` the audit log; ``/w/WS/checkpoints``; ``/w/WS/diff?a=CP&b=head``
+``/w/WS/log[?path=P]`` the audit log; ``/w/WS/locks`` who holds which lease; ``/w/WS/checkpoints``; ``/w/WS/diff?a=CP&b=head``
 (and ``&path=P`` for one file); ``/w/WS/restore/CP`` the roll-back confirmation.
 Actions (POST, CSRF-checked, refused on a read-only server):
 ``/w/WS/review/PATH`` (``decision=approve|changes``, ``note``),
@@ -160,7 +160,8 @@ class WebApp:
         state = await self.call(self.service.state, ws, path)
         history = await self.call(self.service.audit_log, ws, path, limit=50)
         cps = await self.call(self.service.checkpoints, ws)
-        return self.page(request, "file.html", {
+        lock = await self.call(self.service.lock_of, ws, path)
+        return self.page(request, "file.html", {"lock": lock,
             "ws": ws, "path": path, "entry": entry, "state": state, "history": history,
             "preview": preview(path, data, entry.size), "checkpoints": cps, "crumbs": _crumbs(path),
             "decisions": DECISIONS})
@@ -212,6 +213,11 @@ class WebApp:
         path = check_path(request.query_params.get("path", ""))
         rows = await self.call(self.service.audit_log, ws, path, limit=self.limit_of(request, 200))
         return self.page(request, "log.html", {"ws": ws, "path": path, "rows": rows})
+
+    async def locks(self, request: Request) -> Response:
+        ws = self.ws_of(request)
+        rows = await self.call(self.service.locks, ws)
+        return self.page(request, "locks.html", {"ws": ws, "rows": rows, "now": time.time()})
 
     async def checkpoints(self, request: Request) -> Response:
         ws = self.ws_of(request)
@@ -290,6 +296,7 @@ def create_app(service: ReviewService, settings: WebSettings, users: dict[str, s
         Route("/w/{ws}/review", w.review),
         Route("/w/{ws}/review/{path:path}", w.decide, methods=["POST"]),
         Route("/w/{ws}/log", w.audit),
+        Route("/w/{ws}/locks", w.locks),
         Route("/w/{ws}/checkpoints", w.checkpoints, methods=["GET", "POST"]),
         Route("/w/{ws}/diff", w.diff),
         Route("/w/{ws}/restore/{name}", w.restore, methods=["GET", "POST"]),

@@ -18,10 +18,13 @@ import functools
 import logging
 import signal
 from collections.abc import Callable
+from typing import cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
+from starlette.types import ASGIApp
 
 from agentfs.errors import AgentFSError
 from agentfs.store import open_store
@@ -39,7 +42,7 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _run(app: object, config: Config, ready: Callable[[list[str]], None] | None) -> None:
+async def _run(app: ASGIApp, config: Config, ready: Callable[[list[str]], None] | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async def shutdown() -> None:
             async for signum in signals:
@@ -47,7 +50,7 @@ async def _run(app: object, config: Config, ready: Callable[[list[str]], None] |
                 return
 
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(functools.partial(hypercorn_serve, app, config, shutdown_trigger=shutdown))
+            urls = await nursery.start(functools.partial(hypercorn_serve, cast(ASGIFramework, app), config, shutdown_trigger=shutdown))
             if ready is not None:
                 ready(list(urls or []))
 

@@ -25,6 +25,7 @@ import difflib
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from agentfs.check import workspace_names
 from agentfs.checkpoints import CheckpointDiff
 from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
 from agentfs.journal import Journal
+from agentfs.locks import LeaseStore, lease_json
 from agentfs.models import Checkpoint, Entry, StateRow
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
@@ -210,6 +212,21 @@ class ReviewService:
             if r["action"] == "state":
                 r["change"] = agentstate.describe_change(r)
         return list(reversed(rows[-limit:] if limit > 0 else rows))
+
+    def locks(self, ws: str) -> list[dict[str, Any]]:
+        """Held leases of ``ws`` (who, what, until when), as ``agentfs locks --json``."""
+        self._check_ws(ws)
+        now = time.time()
+        return [lease_json(le, now) for le in LeaseStore(self.store, ws).list()]
+
+    def lock_of(self, ws: str, path: str) -> dict[str, Any] | None:
+        """The live lease on ``path`` (None: nobody holds it)."""
+        self._check_ws(ws)
+        lease, _ = LeaseStore(self.store, ws).read(check_path(path))
+        if lease is None:
+            return None
+        row = lease_json(lease, time.time())
+        return row if any(h["expires_in"] > 0 for h in row["holders"]) else None
 
     def checkpoints(self, ws: str) -> list[Checkpoint]:
         return self.client(ws).checkpoints()
