@@ -244,6 +244,9 @@ BAD_GETS = [
     ("/w/ws/diff", 400),
     ("/w/ws/log?limit=abc", 400),
     ("/w/ws/log?limit=0", 400),
+    ("/w/ws/files/?offset=-1", 400),
+    ("/w/ws/files/?offset=99", 400),
+    ("/w/ws/log?window=x", 400),
     ("/w/ws/restore/nope", 404),
     ("/w/ws/raw/report.md?at=nope", 404),
     ("/no/such/page", 404),
@@ -379,3 +382,15 @@ async def test_locks_page_shows_the_holder(web: object, store_url: str) -> None:
             assert "Locked (" not in (await h.get("/w/ws/files/report.md")).text
     finally:
         await trio.to_thread.run_sync(c.close)
+
+
+async def test_listing_is_paged(web: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentfs.web.app
+
+    monkeypatch.setattr(agentfs.web.app, "PAGE_ROWS", 2)
+    async with client(web) as h:
+        r = await h.get("/w/ws/files/")
+        assert "Entries 1–2 of 3" in r.text and 'href="?offset=2"' in r.text
+        assert "notes/</a>" in r.text and "data.bin</a>" in r.text and "report.md</a>" not in r.text
+        r = await h.get("/w/ws/files/?offset=2")
+        assert "report.md</a>" in r.text and "data.bin</a>" not in r.text and 'href="?offset=0"' in r.text

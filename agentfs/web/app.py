@@ -55,7 +55,7 @@ from agentfs.web.security import (
     auth_error,
     read_form,
 )
-from agentfs.web.service import PREVIEW_BYTES, ReviewService, check_path, error_status
+from agentfs.web.service import LOG_WINDOW, PAGE_ROWS, PREVIEW_BYTES, ReviewService, check_path, error_status
 from agentfs.web.settings import WebSettings, is_loopback
 
 __all__ = ["DECISIONS", "WebApp", "create_app"]
@@ -92,7 +92,7 @@ class WebApp:
         self.settings = settings
         self.users = users
         self.csrf = Csrf()
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True, auto_reload=False,
                                  undefined=jinja2.StrictUndefined)
         env.filters.update(when=_when, size=_size, q=lambda s: quote(str(s), safe="/"),
                            qs=lambda d: urlencode({k: v for k, v in d.items() if v}))
@@ -131,10 +131,11 @@ class WebApp:
         return str(request.path_params["ws"])
 
     @staticmethod
-    def limit_of(request: Request, default: int) -> int:
-        raw = request.query_params.get("limit", str(default))
-        if not raw.isdigit() or not 0 < int(raw) <= _MAX_LIMIT:
-            raise InvalidArgument(f"bad limit (a number from 1 to {_MAX_LIMIT})", path=raw[:40])
+    def int_of(request: Request, name: str, default: int, most: int, least: int = 0) -> int:
+        """Query parameter ``name`` as an int in [least, most] (InvalidArgument otherwise)."""
+        raw = request.query_params.get(name, str(default))
+        if not raw.isdigit() or not least <= int(raw) <= max(most, least):
+            raise InvalidArgument(f"bad {name} (a number from {least} to {max(most, least)})", path=raw[:40])
         return int(raw)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -154,8 +155,10 @@ class WebApp:
         entry = await self.call(self.service.entry, ws, path)
         if entry.kind == "d":
             items = await self.call(self.service.listing, ws, path)
-            return self.page(request, "dir.html", {"ws": ws, "path": path, "items": items,
-                                                   "crumbs": _crumbs(path)})
+            offset = self.int_of(request, "offset", 0, len(items))
+            return self.page(request, "dir.html", {
+                "ws": ws, "path": path, "items": items[offset:offset + PAGE_ROWS], "total": len(items),
+                "offset": offset, "page_rows": PAGE_ROWS, "crumbs": _crumbs(path)})
         data = b"" if entry.kind != "f" else await self.call(self.service.head_bytes, ws, path, PREVIEW_BYTES)
         state = await self.call(self.service.state, ws, path)
         history = await self.call(self.service.audit_log, ws, path, limit=50)
@@ -164,7 +167,7 @@ class WebApp:
         return self.page(request, "file.html", {"lock": lock,
             "ws": ws, "path": path, "entry": entry, "state": state, "history": history,
             "preview": preview(path, data, entry.size), "checkpoints": cps, "crumbs": _crumbs(path),
-            "decisions": DECISIONS})
+            "decisions": DECISIONS, "window": LOG_WINDOW})
 
     async def raw(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])
@@ -211,8 +214,10 @@ class WebApp:
     async def audit(self, request: Request) -> Response:
         ws = self.ws_of(request)
         path = check_path(request.query_params.get("path", ""))
-        rows = await self.call(self.service.audit_log, ws, path, limit=self.limit_of(request, 200))
-        return self.page(request, "log.html", {"ws": ws, "path": path, "rows": rows})
+        limit = self.int_of(request, "limit", 200, _MAX_LIMIT, least=1)
+        window = self.int_of(request, "window", LOG_WINDOW, 10**9)
+        rows = await self.call(self.service.audit_log, ws, path, limit=limit, window=window)
+        return self.page(request, "log.html", {"ws": ws, "path": path, "rows": rows, "window": window})
 
     async def locks(self, request: Request) -> Response:
         ws = self.ws_of(request)

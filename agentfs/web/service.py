@@ -40,7 +40,7 @@ from agentfs.models import Checkpoint, Entry, StateRow
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
-__all__ = ["FileDiff", "ListItem", "ReviewService", "check_path", "error_status"]
+__all__ = ["LOG_WINDOW", "PAGE_ROWS", "FileDiff", "ListItem", "ReviewService", "check_path", "error_status"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 PREVIEW_BYTES = 1 << 20
 #: Files of a checkpoint diff that get a line diff (the others are listed only).
 DIFF_FILES = 20
+#: Journal commits the history pages read by default (the newest; 0 reads all).
+LOG_WINDOW = 1000
+#: Rows of a directory listing per page.
+PAGE_ROWS = 500
 #: Longest path accepted from a request.
 MAX_PATH = 4096
 _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
@@ -198,13 +202,16 @@ class ReviewService:
         rows = [r for r in rows if r.kind == "file" and (not task or r.task == task)]
         return sorted(rows, key=lambda r: (r.updated_at or "", r.path))
 
-    def audit_log(self, ws: str, path: str = "", *, limit: int = 200) -> list[dict[str, Any]]:
-        """The newest ``limit`` audit records of ``ws`` (or of ``path``'s subtree), newest first."""
+    def audit_log(self, ws: str, path: str = "", *, limit: int = 200,
+                  window: int = LOG_WINDOW) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit records of ``ws`` (or of ``path``'s subtree)
+        among its last ``window`` journal commits (0: all), newest first."""
         from agentfs.cli.state import log_rows  # the CLI's flattening: both show the same rows
 
         self._check_ws(ws)
         j = Journal(self.store, ws)
-        commits = list(agentstate.read_records(j))
+        after = max(0, self.client(ws).state_of(None).seq - window) if window > 0 else 0
+        commits = list(agentstate.read_records(j, after=after))
         if not commits and not j.exists():
             raise NotFound("no such workspace", path=ws)
         rows = log_rows(commits, path=check_path(path))
