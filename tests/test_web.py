@@ -390,7 +390,20 @@ async def test_listing_is_paged(web: object, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(agentfs.web.app, "PAGE_ROWS", 2)
     async with client(web) as h:
         r = await h.get("/w/ws/files/")
-        assert "Entries 1–2 of 3" in r.text and 'href="?offset=2"' in r.text
+        assert "Entries 1 to 2 of 3" in r.text and 'href="?offset=2"' in r.text
         assert "notes/</a>" in r.text and "data.bin</a>" in r.text and "report.md</a>" not in r.text
         r = await h.get("/w/ws/files/?offset=2")
         assert "report.md</a>" in r.text and "data.bin</a>" not in r.text and 'href="?offset=0"' in r.text
+
+
+async def test_history_window_and_new_commits(web: object, store_url: str) -> None:
+    async with client(web) as h:
+        r = await h.get("/w/ws/log", params={"window": "1"})  # the newest commit only: the last write
+        assert r.text.count("<tr class=\"action-") == 1 and "action-write" in r.text
+        r = await h.get("/w/ws/log", params={"window": "0"})  # then all of it (older commits read now)
+        assert "action-create" in r.text and "checkpoint v1" in r.text
+        await api(store_url, lambda c: c.write_bytes("later.txt", b"new"))
+        r = await h.get("/w/ws/log", params={"window": "0"})
+        assert "<td>later.txt</td>" in r.text and "action-create" in r.text
+        r = await h.get("/w/ws/log", params={"path": "notes"})
+        assert "<td>notes/evil.md</td>" in r.text and "report.md" not in r.text

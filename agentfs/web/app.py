@@ -55,7 +55,14 @@ from agentfs.web.security import (
     auth_error,
     read_form,
 )
-from agentfs.web.service import LOG_WINDOW, PAGE_ROWS, PREVIEW_BYTES, ReviewService, check_path, error_status
+from agentfs.web.service import (
+    LOG_WINDOW,
+    PAGE_ROWS,
+    PREVIEW_BYTES,
+    ReviewService,
+    check_path,
+    error_status,
+)
 from agentfs.web.settings import WebSettings, is_loopback
 
 __all__ = ["DECISIONS", "WebApp", "create_app"]

@@ -16,7 +16,9 @@ a status the workspace's lifecycle refuses).
 Concurrency: every method is blocking and thread-safe; the web app calls them
 from worker threads.  One :class:`agentfs.api.WorkspaceClient` per (workspace,
 reviewer) is opened on first use and kept until :meth:`ReviewService.close`,
-because the client records its agent name when it is opened.
+because the client records its agent name when it is opened.  ``AGENTFS_AGENT``
+in the process environment overrides every client's agent (the core's rule),
+so a server with logins must run without it (``agentfs serve`` removes it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +39,7 @@ from agentfs.checkpoints import CheckpointDiff
 from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
 from agentfs.journal import Journal
 from agentfs.locks import LeaseStore, lease_json
-from agentfs.models import Checkpoint, Entry, StateRow
+from agentfs.models import Checkpoint, Commit, Entry, StateRow
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
@@ -101,6 +104,51 @@ def _text(data: bytes | None) -> str | None:
         return None
 
 
+class _JournalCache:
+    """The commits of one workspace read so far, by seq.
+
+    Journal objects are immutable once created, so each is fetched once; a
+    later request reads only the commits after the newest one held (and older
+    ones when it asks for more history).  A damaged object is returned but not
+    kept, so it is read again next time.  Thread-safe (one lock)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.commits: dict[int, Commit] = {}
+        self.lo = 0  # every seq in [lo, hi] is held (lo > hi: none)
+        self.hi = -1
+        self._lock = threading.Lock()
+
+    def _read(self, after: int) -> list[Commit | agentstate.Damaged]:
+        """Read after ``after`` and keep the commits up to the first damaged one."""
+        got = list(agentstate.read_records(self.journal, after=after))
+        seq = after
+        for c in got:
+            if isinstance(c, agentstate.Damaged) or c.seq != seq + 1:
+                break
+            self.commits[c.seq] = c
+            seq = c.seq
+        if seq > after:
+            self.lo, self.hi = (min(self.lo, after + 1) if self.hi >= self.lo else after + 1), max(self.hi, seq)
+        return got[seq - after:]  # the damaged rest: shown, not kept
+
+    def tail(self, window: int, head_seq: Callable[[], int]) -> list[Commit | agentstate.Damaged]:
+        """The last ``window`` commits (0: all) in order, damaged ones included."""
+        with self._lock:
+            if self.hi < self.lo:  # nothing held yet: read only the window
+                start = max(0, head_seq() - window) if window > 0 else 0
+                rest = self._read(start)
+            else:
+                rest = self._read(self.hi)
+                start = max(0, self.hi - window) if window > 0 else 0
+                if start + 1 < self.lo:
+                    rest = self._read(start)
+            if self.hi < self.lo and not rest and not self.journal.exists():
+                raise NotFound("no such workspace", path=self.journal.ws)
+            first = max(start + 1, self.lo)
+            return [*(self.commits[s] for s in range(first, self.hi + 1)), *rest]
+
+
 class ReviewService:
     """The review page's view of one store (optionally limited to some workspaces)."""
 
@@ -109,6 +157,7 @@ class ReviewService:
         self.allowed = set(workspaces) if workspaces else None
         self.agent = agent
         self._clients: dict[tuple[str, str], WorkspaceClient] = {}
+        self._logs: dict[str, _JournalCache] = {}
         self._lock = threading.Lock()
 
     # -- clients ---------------------------------------------------------------------
@@ -209,11 +258,9 @@ class ReviewService:
         from agentfs.cli.state import log_rows  # the CLI's flattening: both show the same rows
 
         self._check_ws(ws)
-        j = Journal(self.store, ws)
-        after = max(0, self.client(ws).state_of(None).seq - window) if window > 0 else 0
-        commits = list(agentstate.read_records(j, after=after))
-        if not commits and not j.exists():
-            raise NotFound("no such workspace", path=ws)
+        with self._lock:
+            cache = self._logs.setdefault(ws, _JournalCache(Journal(self.store, ws)))
+        commits = cache.tail(window, lambda: self.client(ws).state_of(None).seq)
         rows = log_rows(commits, path=check_path(path))
         for r in rows:
             if r["action"] == "state":
