@@ -77,6 +77,9 @@ def serve(settings: WebSettings, *, ready: Callable[[list[str]], None] | None = 
         config = Config()
         config.bind = [_bind(settings.host, settings.port)]
         config.accesslog = None
+        # hypercorn's messages through this module's logger (the process's logging
+        # setup decides), not a second stderr handler of its own
+        config.errorlog = log
         config.graceful_timeout = 5.0
         config.h11_max_incomplete_size = 16 * 1024  # request line + headers
         app = create_app(service, settings, users)
