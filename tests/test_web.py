@@ -407,3 +407,33 @@ async def test_history_window_and_new_commits(web: object, store_url: str) -> No
         assert "<td>later.txt</td>" in r.text and "action-create" in r.text
         r = await h.get("/w/ws/log", params={"path": "notes"})
         assert "<td>notes/evil.md</td>" in r.text and "report.md" not in r.text
+
+
+def test_previews_of_tables_code_and_cut_text() -> None:
+    from agentfs.web.render import TABLE_ROWS, preview
+
+    p = preview("t.csv", b"a,b\n1,\"x,<y>\"\n2,z\n", 18)
+    assert p.kind == "table" and p.rows == [["a", "b"], ["1", "x,<y>"], ["2", "z"]] and not p.truncated
+    p = preview("t.tsv", b"h1\th2\nv1\tv2\npartial", 10_000)  # cut by the preview: the last line dropped
+    assert p.rows == [["h1", "h2"], ["v1", "v2"]] and p.truncated
+    jl = b'{"k": 1, "s": "a"}\n{"s": "b", "x": [1]}\nnot json\n'
+    p = preview("e.jsonl", jl, len(jl))
+    assert p.rows[0] == ["k", "s"] and p.rows[1] == ["1", "a"] and p.rows[2] == ["", "b"]
+    assert p.rows[3] == ["", ""]
+    big = b"n\n" + b"1\n" * (TABLE_ROWS + 50)
+    p = preview("big.csv", big, len(big))
+    assert p.truncated and len(p.rows) <= TABLE_ROWS + 2
+    p = preview("x.py", b"def f():\n    return '<b>'\n", 28)
+    assert p.kind == "code" and 'class="hl"' in p.html and "&lt;b&gt;" in p.html and "<b>" not in p.html
+    p = preview("notes.txt", "é".encode() * 10, 100)  # a cut in the middle of a character
+    assert p.kind == "text" and p.truncated
+    assert preview("x.bin", b"\x00\x01\x02", 3).kind == "binary"
+    assert preview("pic.png", b"\x89PNG", 4).kind == "image"
+
+
+async def test_csv_and_code_pages(web: object, store_url: str) -> None:
+    await api(store_url, lambda c: c.write_bytes("t.csv", b"day,score\n2026-12-01,<b>7</b>\n"))
+    async with client(web) as h:
+        r = await h.get("/w/ws/files/t.csv")
+        assert "<th>day</th><th>score</th>" in r.text and "<td>&lt;b&gt;7&lt;/b&gt;</td>" in r.text
+        assert (await h.get("/static/code.css")).status_code == 200
