@@ -44,14 +44,18 @@ def anyio_backend() -> str:
     return "trio"
 
 
-def prepare(url: str) -> None:
-    """What an agent leaves: report.md in review at checkpoint v1, then edited."""
+def prepare(url: str, *, small: bool = False) -> None:
+    """What an agent leaves: report.md in review at checkpoint v1, then edited
+    (``small``: that alone, for the slower S3 store)."""
     with agentfs.open_workspace(url, "ws", agent="writer") as c:
-        c.mkdir("notes")
         c.write_bytes("report.md", OLD)
-        c.write_bytes("notes/evil.md", EVIL)
-        c.write_bytes("data.bin", bytes(range(256)) * 4)
-        c.set_state("report.md", status="review", owner="writer", task="q4", labels=["finance"])
+        if small:
+            c.set_state("report.md", status="review")
+        else:
+            c.mkdir("notes")
+            c.write_bytes("notes/evil.md", EVIL)
+            c.write_bytes("data.bin", bytes(range(256)) * 4)
+            c.set_state("report.md", status="review", owner="writer", task="q4", labels=["finance"])
         c.checkpoint("v1", note="first draft")
         c.write_bytes("report.md", NEW)
 
@@ -346,7 +350,7 @@ def test_cli_refuses_to_listen_beyond_loopback_without_login(tmp_path: Path) -> 
 
 async def test_review_and_roll_back_on_s3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AGENTFS_AGENT", raising=False)
-    await trio.to_thread.run_sync(prepare, s3_url)
+    await trio.to_thread.run_sync(lambda: prepare(s3_url, small=True))
     app, service = make_app(s3_url)
     try:
         async with client(app) as h:
@@ -360,8 +364,8 @@ async def test_review_and_roll_back_on_s3(s3_url: str, monkeypatch: pytest.Monke
     finally:
         service.close()
         service.store.close()
-    assert await api(s3_url, lambda c: c.read_bytes("report.md")) == OLD
-    st = await api(s3_url, lambda c: c.state("report.md"))
+    data, st = await api(s3_url, lambda c: (c.read_bytes("report.md"), c.state("report.md")))
+    assert data == OLD
     assert st is not None and st.status == "review"  # the roll back restored the state of v1 too
     assert ("alice", "approved") in journal_states(s3_url, "report.md")
 
@@ -437,3 +441,18 @@ async def test_csv_and_code_pages(web: object, store_url: str) -> None:
         r = await h.get("/w/ws/files/t.csv")
         assert "<th>day</th><th>score</th>" in r.text and "<td>&lt;b&gt;7&lt;/b&gt;</td>" in r.text
         assert (await h.get("/static/code.css")).status_code == 200
+
+
+async def test_browse_a_checkpoint_read_only(web: object) -> None:
+    async with client(web) as h:
+        r = await h.get("/w/ws/checkpoints")
+        assert 'href="/w/ws/files/?at=v1"' in r.text
+        r = await h.get("/w/ws/files/", params={"at": "v1"})
+        assert "at checkpoint v1 (read-only)" in r.text
+        assert 'href="/w/ws/files/report.md?at=v1"' in r.text and 'href="/w/ws/files/notes?at=v1"' in r.text
+        r = await h.get("/w/ws/files/report.md", params={"at": "v1"})
+        assert "Revenue grew 4%." in r.text and "40%" not in r.text
+        assert 'id="approve"' not in r.text and 'href="/w/ws/raw/report.md?at=v1"' in r.text
+        assert (await h.get("/w/ws/files/report.md", params={"at": "nope"})).status_code == 404
+        assert (await h.get("/w/ws/files/later.txt", params={"at": "v1"})).status_code == 404
+        assert (await h.get("/w/ws/files/", params={"at": "bad/name"})).status_code in (400, 404)

@@ -113,7 +113,7 @@ def test_review_approve_and_roll_back_in_chromium(server: tuple[str, str], brows
 
     # roll back to v1: the link, the confirmation, the button
     b.find_element(By.LINK_TEXT, "Checkpoints").click()
-    row = b.find_element(By.XPATH, "//table[@id='checkpoints']//tr[td[1][text()='v1']]")
+    row = b.find_element(By.XPATH, "//table[@id='checkpoints']//tr[td[1]/a[text()='v1']]")
     row.find_element(By.CLASS_NAME, "rollback").click()
     assert "Roll back ws to v1?" in b.find_element(By.TAG_NAME, "h1").text
     b.find_element(By.ID, "confirm-rollback").click()

@@ -44,8 +44,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
+from agentfs import agentstate
 from agentfs.errors import AgentFSError, InvalidArgument, PermissionDenied
-from agentfs.web.render import IMAGE_TYPES, preview
+from agentfs.web.render import IMAGE_TYPES, Preview, preview
 from agentfs.web.security import (
     CSRF_COOKIE,
     BasicAuth,
@@ -58,7 +59,6 @@ from agentfs.web.security import (
 from agentfs.web.service import (
     LOG_WINDOW,
     PAGE_ROWS,
-    PREVIEW_BYTES,
     ReviewService,
     check_path,
     error_status,
@@ -159,22 +159,25 @@ class WebApp:
 
     async def files(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])
-        entry = await self.call(self.service.entry, ws, path)
+        at = request.query_params.get("at", "")
+        at = "" if at == "head" else at
+        entry, items = await self.call(self.service.lookup, ws, path, at)
+        base = {"ws": ws, "path": path, "at": at, "crumbs": _crumbs(path)}
         if entry.kind == "d":
-            items = await self.call(self.service.listing, ws, path)
             offset = self.int_of(request, "offset", 0, len(items))
             return self.page(request, "dir.html", {
-                "ws": ws, "path": path, "items": items[offset:offset + PAGE_ROWS], "total": len(items),
-                "offset": offset, "page_rows": PAGE_ROWS, "crumbs": _crumbs(path)})
-        data = b"" if entry.kind != "f" else await self.call(self.service.head_bytes, ws, path, PREVIEW_BYTES)
-        state = await self.call(self.service.state, ws, path)
-        history = await self.call(self.service.audit_log, ws, path, limit=50)
+                **base, "items": items[offset:offset + PAGE_ROWS], "total": len(items), "offset": offset,
+                "page_rows": PAGE_ROWS})
+        data = b"" if entry.kind != "f" else await self.call(self.service.preview_bytes, ws, path, at)
+        state = agentstate.row_of(path, entry)
+        history = [] if at else await self.call(self.service.audit_log, ws, path, limit=50)
         cps = await self.call(self.service.checkpoints, ws)
-        lock = await self.call(self.service.lock_of, ws, path)
-        return self.page(request, "file.html", {"lock": lock,
-            "ws": ws, "path": path, "entry": entry, "state": state, "history": history,
-            "preview": preview(path, data, entry.size), "checkpoints": cps, "crumbs": _crumbs(path),
-            "decisions": DECISIONS, "window": LOG_WINDOW})
+        lock = None if at else await self.call(self.service.lock_of, ws, path)
+        return self.page(request, "file.html", {
+            **base, "lock": lock, "entry": entry, "state": state, "history": history,
+            "preview": Preview("binary", truncated=True) if data is None else preview(path, data, entry.size),
+            "checkpoints": cps, "decisions": DECISIONS,
+            "window": LOG_WINDOW})
 
     async def raw(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])

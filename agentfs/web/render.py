@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import nh3
 from markdown_it import MarkdownIt
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import get_lexer_for_filename
-from pygments.util import ClassNotFound
+from pygments import highlight  # type: ignore[import-untyped]
+from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
+from pygments.lexers import get_lexer_for_filename  # type: ignore[import-untyped]
+from pygments.util import ClassNotFound  # type: ignore[import-untyped]
 
 __all__ = ["IMAGE_TYPES", "TABLE_ROWS", "Preview", "highlight_css", "preview", "render_markdown", "table_rows"]
 

@@ -39,7 +39,7 @@ from agentfs.checkpoints import CheckpointDiff
 from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
 from agentfs.journal import Journal
 from agentfs.locks import LeaseStore, lease_json
-from agentfs.models import Checkpoint, Commit, Entry, StateRow
+from agentfs.models import Checkpoint, Commit, Entry, State, StateRow
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes of a file shown in a preview or compared in a diff (the rest: download).
 PREVIEW_BYTES = 1 << 20
+#: Largest checkpoint version previewed (the API reads a checkpoint's file whole).
+CHECKPOINT_PREVIEW_BYTES = 8 << 20
 #: Files of a checkpoint diff that get a line diff (the others are listed only).
 DIFF_FILES = 20
 #: Journal commits the history pages read by default (the newest; 0 reads all).
@@ -196,30 +198,48 @@ class ReviewService:
         names = workspace_names(self.store)
         return [n for n in names if self.allowed is None or n in self.allowed]
 
-    def entry(self, ws: str, path: str) -> Entry:
-        """The head entry of ``path`` (NotFound when absent)."""
-        head = self.client(ws).state_of(None)
-        e = head.entries.get(check_path(path))
+    def tree(self, ws: str, at: str | None = None) -> State:
+        """The namespace at checkpoint ``at`` (None, ``""`` or ``head``: now)."""
+        return self.client(ws).state_of(None if at in (None, "", "head") else at)
+
+    def entry(self, ws: str, path: str, at: str | None = None) -> Entry:
+        """The entry of ``path`` at the head or a checkpoint (NotFound when absent)."""
+        e = self.tree(ws, at).entries.get(check_path(path))
         if e is None:
             raise NotFound(path=path)
         return e
 
-    def listing(self, ws: str, path: str) -> list[ListItem]:
-        """The entries directly in directory ``path`` at the head, directories first."""
+    def lookup(self, ws: str, path: str, at: str | None = None) -> tuple[Entry, list[ListItem]]:
+        """The entry of ``path`` and, for a directory, what is directly in it
+        (directories first, then by name); one read of the namespace."""
         path = check_path(path)
-        head = self.client(ws).state_of(None)
-        top = head.entries.get(path)
+        tree = self.tree(ws, at)
+        top = tree.entries.get(path)
         if top is None:
             raise NotFound(path=path or ws)
         if top.kind != "d":
-            raise InvalidArgument("not a directory", path=path)
+            return top, []
         prefix = path + "/" if path else ""
-        out = []
-        for p, e in head.entries.items():
-            if not p or not p.startswith(prefix) or "/" in p[len(prefix):]:
-                continue
-            out.append(ListItem(p[len(prefix):], p, _KINDS[e.kind], e.size, e.mtime_ns, agentstate.row_of(p, e)))
-        return sorted(out, key=lambda i: (i.kind != "dir", i.name))
+        n = len(prefix)
+        out = [ListItem(p[n:], p, _KINDS[e.kind], e.size, e.mtime_ns, agentstate.row_of(p, e))
+               for p, e in tree.entries.items() if p and p.startswith(prefix) and "/" not in p[n:]]
+        return top, sorted(out, key=lambda i: (i.kind != "dir", i.name))
+
+    def listing(self, ws: str, path: str, at: str | None = None) -> list[ListItem]:
+        """The entries directly in directory ``path`` (InvalidArgument for a file)."""
+        top, items = self.lookup(ws, path, at)
+        if top.kind != "d":
+            raise InvalidArgument("not a directory", path=path)
+        return items
+
+    def preview_bytes(self, ws: str, path: str, at: str | None, limit: int = PREVIEW_BYTES) -> bytes | None:
+        """The first ``limit`` bytes of a file at the head or at a checkpoint (a
+        checkpoint's version is read whole, so None over CHECKPOINT_PREVIEW_BYTES)."""
+        if at in (None, "", "head"):
+            return self.head_bytes(ws, path, limit)
+        if self.entry(ws, path, at).size > CHECKPOINT_PREVIEW_BYTES:
+            return None
+        return self.version_bytes(ws, path, at)[:limit]
 
     def head_bytes(self, ws: str, path: str, limit: int = PREVIEW_BYTES) -> bytes:
         """The first ``limit`` bytes of a file at the head."""
