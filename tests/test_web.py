@@ -456,3 +456,11 @@ async def test_browse_a_checkpoint_read_only(web: object) -> None:
         assert (await h.get("/w/ws/files/report.md", params={"at": "nope"})).status_code == 404
         assert (await h.get("/w/ws/files/later.txt", params={"at": "v1"})).status_code == 404
         assert (await h.get("/w/ws/files/", params={"at": "bad/name"})).status_code in (400, 404)
+
+
+def test_cli_names_serve_and_web() -> None:
+    from agentfs.cli import app
+    from agentfs.cli.web import serve_cmd
+
+    cmds = {c.name: c.callback for c in app.registered_commands}
+    assert cmds["serve"] is serve_cmd and cmds["web"] is serve_cmd
