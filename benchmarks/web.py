@@ -1,7 +1,7 @@
 """Review page timings on a local store: the listing of a large directory and
 the preview of a large CSV (the first part of it).
 
-    .venv/bin/python benchmarks/web.py [--files 10000] [--csv-mib 200] [--reps 5]
+    .venv/bin/python benchmarks/web.py [--files 10000] [--csv-mib 200] [--reps 5] [--keep DIR]
 
 Builds a ``file://`` store in a temporary directory (FILES small files in one
 directory of workspace ``bench``, written through the Python API, plus one
@@ -63,11 +63,14 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--csv-mib", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--keep", metavar="DIR", help="build the store in DIR and keep it; reuse it when it exists")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentfs-web-bench-") as tmp:
-        url = f"file://{Path(tmp) / 'store'}"
+        root = Path(a.keep) if a.keep else Path(tmp)
+        url = f"file://{root / 'store'}"
         t0 = time.perf_counter()
-        build(url, a.files, a.csv_mib)
+        if not (root / "store").exists():
+            build(url, a.files, a.csv_mib)
         setup = time.perf_counter() - t0
         store = open_store(url)
         service = ReviewService(store, agent="bench")

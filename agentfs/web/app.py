@@ -22,6 +22,7 @@ Concurrency: handlers are async; every core call runs in a worker thread
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 import time
@@ -161,13 +162,15 @@ class WebApp:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])
         at = request.query_params.get("at", "")
         at = "" if at == "head" else at
-        entry, items = await self.call(self.service.lookup, ws, path, at)
+        offset = self.int_of(request, "offset", 0, 10**9)
+        entry, items, total = await self.call(functools.partial(
+            self.service.lookup, ws, path, at, offset=offset, count=PAGE_ROWS))
         base = {"ws": ws, "path": path, "at": at, "crumbs": _crumbs(path)}
         if entry.kind == "d":
-            offset = self.int_of(request, "offset", 0, len(items))
+            if offset and offset >= total:
+                raise InvalidArgument(f"bad offset (the directory has {total} entries)", path=str(offset))
             return self.page(request, "dir.html", {
-                **base, "items": items[offset:offset + PAGE_ROWS], "total": len(items), "offset": offset,
-                "page_rows": PAGE_ROWS})
+                **base, "items": items, "total": total, "offset": offset, "page_rows": PAGE_ROWS})
         data = b"" if entry.kind != "f" else await self.call(self.service.preview_bytes, ws, path, at)
         state = agentstate.row_of(path, entry)
         history = [] if at else await self.call(self.service.audit_log, ws, path, limit=50)

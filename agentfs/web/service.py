@@ -209,25 +209,30 @@ class ReviewService:
             raise NotFound(path=path)
         return e
 
-    def lookup(self, ws: str, path: str, at: str | None = None) -> tuple[Entry, list[ListItem]]:
-        """The entry of ``path`` and, for a directory, what is directly in it
-        (directories first, then by name); one read of the namespace."""
+    def lookup(self, ws: str, path: str, at: str | None = None, *, offset: int = 0,
+               count: int | None = None) -> tuple[Entry, list[ListItem], int]:
+        """The entry of ``path`` and, for a directory, ``count`` entries from
+        ``offset`` of what is directly in it (directories first, then by name)
+        and how many there are; one read of the namespace, rows built for the page only."""
         path = check_path(path)
         tree = self.tree(ws, at)
         top = tree.entries.get(path)
         if top is None:
             raise NotFound(path=path or ws)
         if top.kind != "d":
-            return top, []
+            return top, [], 0
         prefix = path + "/" if path else ""
         n = len(prefix)
-        out = [ListItem(p[n:], p, _KINDS[e.kind], e.size, e.mtime_ns, agentstate.row_of(p, e))
-               for p, e in tree.entries.items() if p and p.startswith(prefix) and "/" not in p[n:]]
-        return top, sorted(out, key=lambda i: (i.kind != "dir", i.name))
+        kids = sorted((e.kind != "d", p[n:], p, e) for p, e in tree.entries.items()
+                      if p and p.startswith(prefix) and "/" not in p[n:])
+        page = kids[offset:] if count is None else kids[offset:offset + count]
+        items = [ListItem(name, p, _KINDS[e.kind], e.size, e.mtime_ns, agentstate.row_of(p, e))
+                 for _, name, p, e in page]
+        return top, items, len(kids)
 
     def listing(self, ws: str, path: str, at: str | None = None) -> list[ListItem]:
         """The entries directly in directory ``path`` (InvalidArgument for a file)."""
-        top, items = self.lookup(ws, path, at)
+        top, items, _ = self.lookup(ws, path, at)
         if top.kind != "d":
             raise InvalidArgument("not a directory", path=path)
         return items
