@@ -3,6 +3,9 @@
 Exit codes as every agentfs command: 64 a refused setting (an address other
 than loopback without ``--auth-file``, a bad users file or ``--listen``), 2 an
 unknown ``--workspace``, 1 an address that cannot be bound.
+
+Concurrency: the command runs the server in the foreground (one trio loop,
+core calls in worker threads) until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
