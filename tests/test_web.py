@@ -129,7 +129,7 @@ async def test_browse_workspaces_files_and_headers(web: object) -> None:
         r = await h.get("/")
         assert r.status_code == 200 and '/w/ws/files/' in r.text
         csp = r.headers["content-security-policy"]
-        assert "script-src" not in csp and "default-src 'none'" in csp
+        assert "script-src 'self';" in csp and "default-src 'none'" in csp and "unsafe" not in csp
         assert r.headers["x-content-type-options"] == "nosniff"
         r = await h.get("/w/ws")
         assert r.status_code == 303 and r.headers["location"] == "/w/ws/files/"
@@ -154,7 +154,8 @@ async def test_markdown_preview_renders_and_is_inert(web: object) -> None:
         assert "<h1>Hello</h1>" in article
         tags = Tags()
         tags.feed(r.text)
-        assert "script" not in [t for t, _ in tags.seen]
+        # the page's only script is its own file; nothing of the agent's runs
+        assert [a for t, a in tags.seen if t == "script"] == [[("src", "/static/live.js"), ("defer", None)]]
         for tag, attrs in tags.seen:
             for name, value in attrs:
                 assert not name.lower().startswith("on"), (tag, name)
@@ -464,3 +465,33 @@ def test_cli_names_serve_and_web() -> None:
 
     cmds = {c.name: c.callback for c in app.registered_commands}
     assert cmds["serve"] is serve_cmd and cmds["web"] is serve_cmd
+
+
+async def test_live_events_follow_the_journal_tail(web: object, store_url: str) -> None:
+    from agentfs.web.app import _touches
+
+    async with client(web) as h:
+        page = await h.get("/w/ws/files/report.md")
+        assert 'data-live="/w/ws/events?path=report.md"' in page.text and "/static/live.js" in page.text
+        assert (await h.get("/static/live.js")).status_code == 200
+        assert 'data-live="/w/ws/events"' in (await h.get("/w/ws/review")).text
+        assert "data-live" not in (await h.get("/w/ws/files/", params={"at": "v1"})).text
+    assert _touches("report.md", "report.md") and _touches("notes/evil.md", "notes")
+    assert _touches("notes", "notes/evil.md") and _touches("x", "") and _touches("", "report.md")
+    assert not _touches("report.md.bak", "report.md") and not _touches("data.bin", "notes")
+
+
+def test_changes_reads_the_tail(store_url: str) -> None:
+    service = ReviewService(open_store(store_url), agent="alice")
+    try:
+        seq = service.tree("ws").seq
+        assert service.changes("ws", seq) == (seq, [])
+        with agentfs.open_workspace(store_url, "ws", agent="writer", create=False) as c:
+            c.write_bytes("notes/new.md", b"x")
+            c.rename("notes/new.md", "notes/newer.md")
+        new, paths = service.changes("ws", seq)
+        assert new > seq and "notes/new.md" in paths and "notes/newer.md" in paths
+        assert service.changes("ws", new) == (new, [])
+    finally:
+        service.close()
+        service.store.close()

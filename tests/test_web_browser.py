@@ -5,6 +5,7 @@ chromedriver (nothing downloaded at test time).
 A reviewer opens the review queue, reads the agent's rendered Markdown report,
 approves it, then rolls the workspace back to a checkpoint behind the
 confirmation page; the file's content must be the checkpoint's afterwards.
+Last, the file's page left open must show an agent's next write by itself.
 ``AGENTFS_WEB_SCREENSHOT=FILE`` saves the file page's screenshot there (the
 one in docs/ was taken this way).
 """
@@ -27,6 +28,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 import agentfs
 from tests.test_web import NEW, OLD, prepare
@@ -122,3 +124,10 @@ def test_review_approve_and_roll_back_in_chromium(server: tuple[str, str], brows
         assert c.read_bytes("report.md") == OLD
     b.get(f"{base}/w/ws/files/report.md")
     assert "Revenue grew 4%." in b.find_element(By.ID, "preview").text
+
+    # the page left open follows the journal: an agent's write shows without a click
+    marker = b.find_element(By.ID, "preview")
+    with agentfs.open_workspace(store_url, "ws", agent="writer", create=False) as c:
+        c.write_bytes("report.md", b"# Q4 report\n\nRevenue grew 5%.\n")
+    WebDriverWait(b, 10).until(lambda d: "Revenue grew 5%." in d.find_element(By.ID, "preview").text)
+    assert marker.id != b.find_element(By.ID, "preview").id  # a new page, not the old one

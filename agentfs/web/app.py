@@ -4,7 +4,7 @@ Pages (GET): ``/`` workspaces; ``/w/WS/files/PATH`` a directory listing or a
 file (preview, agent state, Approve / Request changes, its history);
 ``/w/WS/raw/PATH[?at=CP]`` the bytes (a download); ``/w/WS/review`` the
 review queue (``status``, ``owner``, ``label``, ``task`` filters, oldest first);
-``/w/WS/log[?path=P]`` the audit log; ``/w/WS/locks`` who holds which lease; ``/w/WS/checkpoints``; ``/w/WS/diff?a=CP&b=head``
+``/w/WS/log[?path=P]`` the audit log; ``/w/WS/locks`` who holds which lease; ``/w/WS/events[?path=P]`` server-sent events of the journal's tail; ``/w/WS/checkpoints``; ``/w/WS/diff?a=CP&b=head``
 (and ``&path=P`` for one file); ``/w/WS/restore/CP`` the roll-back confirmation.
 Actions (POST, CSRF-checked, refused on a read-only server):
 ``/w/WS/review/PATH`` (``decision=approve|changes``, ``note``),
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import anyio
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -74,6 +75,8 @@ _HERE = Path(__file__).parent
 #: Review decisions -> the status each one sets (transitions of the default lifecycle).
 DECISIONS = {"approve": "approved", "changes": "in_progress"}
 _MAX_LIMIT = 10_000
+#: Seconds between two looks at the journal's tail for a live page.
+LIVE_POLL = 0.5
 
 
 def _when(ns_or_s: float | int | None, *, ns: bool = False) -> str:
@@ -115,7 +118,7 @@ class WebApp:
         if not cookie:
             cookie = self.csrf.new_cookie()
         full = {"csrf": self.csrf.token(cookie), "read_only": self.settings.read_only,
-                "reviewer": self.reviewer(request) or self.settings.agent, "ws": None, **ctx}
+                "reviewer": self.reviewer(request) or self.settings.agent, "ws": None, "live": None, **ctx}
         resp = self.templates.TemplateResponse(request, name, full, status_code=status)
         if fresh:
             resp.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", path="/")
@@ -165,7 +168,8 @@ class WebApp:
         offset = self.int_of(request, "offset", 0, 10**9)
         entry, items, total = await self.call(functools.partial(
             self.service.lookup, ws, path, at, offset=offset, count=PAGE_ROWS))
-        base = {"ws": ws, "path": path, "at": at, "crumbs": _crumbs(path)}
+        base = {"ws": ws, "path": path, "at": at, "crumbs": _crumbs(path),
+                "live": None if at else _live(ws, path)}
         if entry.kind == "d":
             if offset and offset >= total:
                 raise InvalidArgument(f"bad offset (the directory has {total} entries)", path=str(offset))
@@ -181,6 +185,24 @@ class WebApp:
             "preview": Preview("binary", truncated=True) if data is None else preview(path, data, entry.size),
             "checkpoints": cps, "decisions": DECISIONS,
             "window": LOG_WINDOW})
+
+    async def events(self, request: Request) -> Response:
+        """Server-sent events: ``change`` (data: the journal seq) whenever a commit
+        touches ``path`` (a file, a directory's subtree; none: the workspace).
+        Driven by the journal tail, polled here every LIVE_POLL seconds."""
+        ws, path = self.ws_of(request), check_path(request.query_params.get("path", ""))
+        seq = (await self.call(self.service.tree, ws)).seq
+
+        async def stream() -> AsyncIterator[str]:
+            nonlocal seq
+            yield ": agentfs live\n\n"
+            while True:  # ends when the browser goes (the response's disconnect listener cancels it)
+                await anyio.sleep(LIVE_POLL)
+                new, paths = await self.call(self.service.changes, ws, seq)
+                if new != seq and any(_touches(p, path) for p in paths):
+                    yield f"event: change\ndata: {new}\n\n"
+                seq = new
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     async def raw(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])
@@ -212,7 +234,8 @@ class WebApp:
         filters = {k: q.get(k, "") for k in ("owner", "label", "task")}
         status = q.get("status", "review")
         rows = await self.call(self.service.review_queue, ws, status=status, **filters)
-        return self.page(request, "review.html", {"ws": ws, "rows": rows, "status": status, "filters": filters})
+        return self.page(request, "review.html", {"ws": ws, "rows": rows, "status": status, "filters": filters,
+                                                  "live": _live(ws, "")})
 
     async def decide(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])
@@ -230,7 +253,8 @@ class WebApp:
         limit = self.int_of(request, "limit", 200, _MAX_LIMIT, least=1)
         window = self.int_of(request, "window", LOG_WINDOW, 10**9)
         rows = await self.call(self.service.audit_log, ws, path, limit=limit, window=window)
-        return self.page(request, "log.html", {"ws": ws, "path": path, "rows": rows, "window": window})
+        return self.page(request, "log.html", {"ws": ws, "path": path, "rows": rows, "window": window,
+                                               "live": _live(ws, path)})
 
     async def locks(self, request: Request) -> Response:
         ws = self.ws_of(request)
@@ -295,6 +319,17 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
                         "<p>The error was logged on the server.</p>", status_code=500)
 
 
+def _live(ws: str, path: str) -> str:
+    """The event-stream URL a page follows (static/live.js reloads it on a change)."""
+    return f"/w/{quote(ws)}/events" + (f"?{urlencode({'path': path})}" if path else "")
+
+
+def _touches(changed: str, shown: str) -> bool:
+    """Does a change of ``changed`` show on the page of ``shown`` ("" : everything)?"""
+    return (not shown or not changed or changed == shown or changed.startswith(shown + "/")
+            or shown.startswith(changed + "/"))
+
+
 def _crumbs(path: str) -> list[tuple[str, str]]:
     parts = path.split("/") if path else []
     return [(p, "/".join(parts[: i + 1])) for i, p in enumerate(parts)]
@@ -311,6 +346,7 @@ def create_app(service: ReviewService, settings: WebSettings, users: dict[str, s
         Route("/w/{ws}", w.workspace),
         Route("/w/{ws}/files/{path:path}", w.files),
         Route("/w/{ws}/raw/{path:path}", w.raw),
+        Route("/w/{ws}/events", w.events),
         Route("/w/{ws}/review", w.review),
         Route("/w/{ws}/review/{path:path}", w.decide, methods=["POST"]),
         Route("/w/{ws}/log", w.audit),

@@ -9,8 +9,9 @@
   an HMAC, under a per-process secret, of the random ``agentfs_csrf`` cookie
   the page set (``SameSite=Strict``, ``HttpOnly``); a POST whose token does
   not match, or whose ``Origin`` is another site, is refused (403).
-- **Headers.** Every response carries a Content-Security-Policy with no script
-  source at all (the page uses none), ``frame-ancestors 'none'``,
+- **Headers.** Every response carries a Content-Security-Policy that allows
+  scripts only from the page's own static files (no inline script),
+  ``frame-ancestors 'none'``,
   ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 - **Bodies.** Forms are ``application/x-www-form-urlencoded`` up to
   ``max_body`` bytes (413 beyond, 415 for another type).
@@ -53,9 +54,11 @@ __all__ = ["CSP", "CSRF_COOKIE", "BasicAuth", "Csrf", "SecurityHeaders", "Unsupp
 log = logging.getLogger(__name__)
 
 CSRF_COOKIE = "agentfs_csrf"
-#: No script source: the page needs none, and an agent's content can run none.
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+#: Scripts only from the page's own files (static/live.js): no inline script, no
+#: eval; agent-written bytes are never served as script (downloads are
+#: application/octet-stream under nosniff), and previews carry no script tags.
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 MIN_TOKEN = 12
 

@@ -36,10 +36,10 @@ from agentfs import agentstate
 from agentfs.api import WorkspaceClient
 from agentfs.check import workspace_names
 from agentfs.checkpoints import CheckpointDiff
-from agentfs.errors import AgentFSError, InvalidArgument, IsADirectory, NotFound
+from agentfs.errors import AgentFSError, CorruptRecord, InvalidArgument, IsADirectory, NotFound
 from agentfs.journal import Journal
 from agentfs.locks import LeaseStore, lease_json
-from agentfs.models import Checkpoint, Commit, Entry, State, StateRow
+from agentfs.models import Checkpoint, Commit, Entry, MoveOp, State, StateRow
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
@@ -291,6 +291,27 @@ class ReviewService:
             if r["action"] == "state":
                 r["change"] = agentstate.describe_change(r)
         return list(reversed(rows[-limit:] if limit > 0 else rows))
+
+    def changes(self, ws: str, after: int, *, most: int = 1000) -> tuple[int, list[str]]:
+        """The journal's tail after seq ``after``: the new last seq and the paths
+        its commits touched (a damaged commit touches ``""``: everything).  One
+        GET when nothing changed, so a live page can ask every half second."""
+        self._check_ws(ws)
+        j = Journal(self.store, ws)
+        seq = after
+        paths: list[str] = []
+        while seq < after + most:
+            try:
+                c = j.fetch(seq + 1)
+            except CorruptRecord:
+                seq, paths = seq + 1, [*paths, ""]
+                continue
+            if c is None:
+                break
+            for r in c.records:
+                paths += [r.op.src, r.op.dst] if isinstance(r.op, MoveOp) else [getattr(r.op, "path", "")]
+            seq = c.seq
+        return seq, paths
 
     def locks(self, ws: str) -> list[dict[str, Any]]:
         """Held leases of ``ws`` (who, what, until when), as ``agentfs locks --json``."""
