@@ -8,7 +8,7 @@ Markdown is rendered by markdown-it-py with raw HTML off (an agent's ``<script>`
 becomes text) and the result is cleaned again by nh3 (the Ammonia sanitizer:
 no scripts, no event handlers, no ``javascript:`` URLs), so a preview can never
 run code in the reviewer's browser even if one layer had a gap; the pages are
-also served under a Content-Security-Policy without any script source
+also served under a Content-Security-Policy that runs no inline script
 (:mod:`agentfs.web.security`).
 
 Error contract: pure functions; nothing raises for any input bytes.
