@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
@@ -341,12 +340,22 @@ def test_settings_refuse_exposure_and_bad_users(tmp_path: Path) -> None:
         load_users(str(tmp_path / "missing"))
 
 
-def test_cli_refuses_to_listen_beyond_loopback_without_login(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "agentfs", "serve", f"file://{tmp_path}", "--listen", "0.0.0.0:0"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 64, r
-    assert r.stderr.strip().startswith("agentfs: listening on 0.0.0.0 needs --auth-file"), r.stderr
-    assert "Traceback" not in r.stderr
+def test_cli_refuses_to_listen_beyond_loopback_without_login(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentfs.cli import main
+
+    for argv, code, message in (
+            (["--listen", "0.0.0.0:0"], 64, "agentfs: listening on 0.0.0.0 needs --auth-file"),
+            (["--listen", "127.0.0.1:http"], 64, "agentfs: bad --listen port"),
+            (["--auth-file", str(tmp_path / "none"), "--listen", "0.0.0.0:0"], 64,
+             "agentfs: cannot read the users file"),
+            (["-w", "nope", "--listen", "127.0.0.1:0"], 2, "agentfs: no such workspace: nope")):
+        monkeypatch.setattr(sys, "argv", ["agentfs", "serve", f"file://{tmp_path}", *argv])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert e.value.code == code, (argv, err)
+        assert err.startswith(message) and "Traceback" not in err, (argv, err)
 
 
 async def test_review_and_roll_back_on_s3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
