@@ -504,3 +504,18 @@ def test_changes_reads_the_tail(store_url: str) -> None:
     finally:
         service.close()
         service.store.close()
+
+
+async def test_diff_skips_large_and_binary_files(web: object, store_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentfs.web.service
+
+    await api(store_url, lambda c: c.write_bytes("data.bin", bytes(range(200, 256))))
+    async with client(web) as h:
+        r = await h.get("/w/ws/diff", params={"a": "v1", "path": "data.bin"})
+        assert "binary" in r.text
+        monkeypatch.setattr(agentfs.web.service, "PREVIEW_BYTES", 10)
+        r = await h.get("/w/ws/diff", params={"a": "v1"})
+        assert "too large for a line diff" in r.text and '<span class="add">' not in r.text
+        r = await h.get("/w/ws/diff", params={"a": "v1", "path": "nothing.txt"})
+        assert r.status_code == 404

@@ -230,13 +230,6 @@ class ReviewService:
                  for _, name, p, e in page]
         return top, items, len(kids)
 
-    def listing(self, ws: str, path: str, at: str | None = None) -> list[ListItem]:
-        """The entries directly in directory ``path`` (InvalidArgument for a file)."""
-        top, items, _ = self.lookup(ws, path, at)
-        if top.kind != "d":
-            raise InvalidArgument("not a directory", path=path)
-        return items
-
     def preview_bytes(self, ws: str, path: str, at: str | None, limit: int = PREVIEW_BYTES) -> bytes | None:
         """The first ``limit`` bytes of a file at the head or at a checkpoint (a
         checkpoint's version is read whole, so None over CHECKPOINT_PREVIEW_BYTES)."""
@@ -265,9 +258,6 @@ class ReviewService:
                 raise IsADirectory(path=path)
             return c.read_bytes(path)
         return c.read_checkpoint_bytes(at, path)
-
-    def state(self, ws: str, path: str) -> StateRow | None:
-        return self.client(ws).state(check_path(path))
 
     def review_queue(self, ws: str, *, status: str | None = "review", owner: str | None = None,
                      label: str | None = None, task: str | None = None) -> list[StateRow]:
@@ -337,23 +327,23 @@ class ReviewService:
 
     def file_diffs(self, ws: str, d: CheckpointDiff, a: str, b: str) -> list[FileDiff]:
         """Unified line diffs of the first files a diff names (text files up to the preview size)."""
-        out = []
-        for path in (d.changed + d.added + d.removed)[:DIFF_FILES]:
-            out.append(self.file_diff(ws, path, a, b))
-        return out
+        trees = (self.tree(ws, a), self.tree(ws, b))
+        return [self.file_diff(ws, path, a, b, trees=trees) for path in (d.changed + d.added + d.removed)[:DIFF_FILES]]
 
-    def file_diff(self, ws: str, path: str, a: str, b: str) -> FileDiff:
-        """The unified diff of ``path`` from version ``a`` to ``b`` (checkpoint names or ``head``)."""
-        sides: list[bytes | None] = []
-        for at in (a, b):
-            try:
-                sides.append(self.version_bytes(ws, path, at))
-            except NotFound:
-                sides.append(None)  # added or removed: diff against nothing
-            except IsADirectory:
-                return FileDiff(path, note="directory")
-        if any(s is not None and len(s) > PREVIEW_BYTES for s in sides):
+    def file_diff(self, ws: str, path: str, a: str, b: str, *, trees: tuple[State, State] | None = None) -> FileDiff:
+        """The unified diff of ``path`` from version ``a`` to ``b`` (checkpoint names
+        or ``head``); ``trees``: the namespaces at ``a`` and ``b`` when the caller has them."""
+        path = check_path(path)
+        trees = trees or (self.tree(ws, a), self.tree(ws, b))
+        entries = [t.entries.get(path) for t in trees]  # sizes first: read only small files
+        if any(e is not None and e.kind != "f" for e in entries):
+            return FileDiff(path, note="not a file")
+        if any(e is not None and e.size > PREVIEW_BYTES for e in entries):
             return FileDiff(path, note="too large for a line diff")
+        if all(e is None for e in entries):
+            raise NotFound(path=path)
+        sides = [None if e is None else self.version_bytes(ws, path, at)  # None: added or removed
+                 for e, at in zip(entries, (a, b), strict=True)]
         old, new = _text(sides[0]), _text(sides[1])
         if old is None or new is None:
             return FileDiff(path, note="binary")
