@@ -306,6 +306,9 @@ class LeaseHolder(_Model):
     token: int = Field(ge=1)
     acquired: float
     expires: float
+    #: kept by its mount after the last local unlock (a hint: that mount
+    #: gives it back when another mount rings its doorbell, agentfs/kernellocks.py)
+    cached: bool = False
 
 
 class LeaseWaiter(_Model):
@@ -333,6 +336,9 @@ class Lease(_Versioned):
     holders: list[LeaseHolder] = Field(default_factory=list)
     waiters: list[LeaseWaiter] = Field(default_factory=list)
     updated: float = Field(default_factory=time.time)
+    #: the journal position the last releaser had committed its writes to:
+    #: the next holder's mount catches up at least to it (locks hand over data)
+    seq: int = Field(default=0, ge=0)
 
     @property
     def mode(self) -> str | None:

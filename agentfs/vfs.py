@@ -13,6 +13,7 @@ its errno.  Concurrency: one trio thread; see ``Workspace``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -24,7 +25,16 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints, garbage, groupcommit, localmounts, openmarks, writeback
+from agentfs import (
+    agentstate,
+    checkpoints,
+    garbage,
+    groupcommit,
+    handover,
+    localmounts,
+    openmarks,
+    writeback,
+)
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -41,7 +51,15 @@ from agentfs.errors import (
 )
 from agentfs.identity import Caller
 from agentfs.journal import META, conditional_create_enforced
-from agentfs.locks import DEFAULT_TTL, LOCK_XATTR, LeaseManager, break_record, parse_lock_value
+from agentfs.kernellocks import KernelLocks
+from agentfs.locks import (
+    DEFAULT_TTL,
+    LOCK_XATTR,
+    LeaseManager,
+    break_record,
+    lineage,
+    parse_lock_value,
+)
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
 from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
@@ -101,6 +119,7 @@ class FileSystem:
         connections: int = 32,
         lease_ttl: float = DEFAULT_TTL,
         writeback_mode: bool = False,
+        kernel_locks: bool = True,
     ) -> None:
         self.store = store
         self.single = workspace
@@ -143,6 +162,14 @@ class FileSystem:
         #: whether the store refuses a second conditional create (probed at start)
         self.cas = True
         self.leases.before_release = self._flush_deferred_of
+        self.leases.after_acquire = self._caught_up_to
+        #: flock/fcntl locks passed by the binding, across mounts on leases
+        #: (None with --no-kernel-locks: the kernel keeps them to this mount)
+        self.kernel_locks: KernelLocks | None = None
+        if kernel_locks:
+            self.kernel_locks = KernelLocks(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
+                                            limiter=self.limiter, settle=self._settle_path,
+                                            catch_up=self._caught_up_to)
 
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
@@ -207,7 +234,7 @@ class FileSystem:
             ws.ns.owner = ws
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
-            ws.fence = functools.partial(self.leases.fence, name)  # locks
+            ws.fence = functools.partial(self._fence, name)  # locks
             ws.flusher = self.flusher  # closes do not wait for their journal record
             ws.garbage.collector = self.collector  # old keys deleted after the syscall
             ws.writeback = self.writeback  # --writeback queue (None: durable close)
@@ -471,6 +498,8 @@ class FileSystem:
             self._background.start_soon(self._release, h, True)
         else:
             await self._release(h, False)
+        if self.kernel_locks is not None:  # its flock and OFD locks go with it
+            await self.kernel_locks.release_fh(h.ws.name, h.of.node.ino, fh)
 
     async def _release(self, h: FileHandle, background: bool) -> None:
         try:
@@ -524,7 +553,8 @@ class FileSystem:
                 dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
                 queued = self.writeback.pending if self.writeback is not None else 0
                 return (f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "queued": {queued}, '
-                        f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}}}').encode()
+                        f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}, '
+                        f'"kernel_locks": {str(self.kernel_locks is not None).lower()}}}').encode()
             raise NoAttribute(path=name)
         if self._is_top(ino):
             raise NoAttribute(path=name)
@@ -627,9 +657,7 @@ class FileSystem:
         # The kernel drops what the catch-up changed before the caller goes on
         # (bounded: an entry of the mount root cannot be invalidated while this
         # request holds the root).
-        with trio.move_on_after(1.0):
-            while self._inval or self._invalidating:
-                await trio.sleep(0.005)
+        await self._invalidations_done()
 
     def _on_change(self, ch: Changes) -> None:
         for parent, name in ch.entries:
@@ -762,6 +790,8 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks
+        if self.kernel_locks is not None:
+            nursery.start_soon(self.kernel_locks.heartbeat)
         nursery.start_soon(openmarks.keep, lambda: [ws.keep_marks for ws in self.workspaces.values()])
         if groupcommit.ENABLED and not self.read_only:
             self.flusher = groupcommit.Flusher()
@@ -787,14 +817,83 @@ class FileSystem:
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
 
-    async def _flush_deferred_of(self, name: str) -> None:
-        """commit a workspace's deferred records (before a lease is released)."""
+    async def _flush_deferred_of(self, name: str) -> int:
+        """Commit a workspace's deferred records (before a lease is released);
+        returns the journal position they are committed at."""
+        ws = self.workspaces.get(name)
+        if ws is None:
+            return 0
+        if self.writeback is not None:
+            await self.writeback.drain(ws)  # what the holder wrote, before others may
+        return await handover.settle(ws)
+
+    async def _settle_path(self, name: str, path: str) -> int:
+        """Before a kernel lock's lease goes: upload the file's unwritten bytes
+        (an unlock hands over data like a close), then commit the records."""
         ws = self.workspaces.get(name)
         if ws is not None:
-            if self.writeback is not None:
-                await self.writeback.drain(ws)  # what the holder wrote, before others may
-            with trio.CancelScope(shield=True):
-                await ws.flush_deferred()
+            try:
+                of = ws.open_files.get(ws.resolve(path).ino)
+                if of is not None and of.dirty:
+                    await ws.fsync(of, Caller.current(self.agent))
+            except AgentFSError as e:  # the close reports it; the unlock still happens
+                log.warning("unlock of %s/%s: its bytes are not uploaded yet: %s", name, path, e)
+        return await self._flush_deferred_of(name)
+
+    async def _caught_up_to(self, name: str, path: str, seq: int) -> None:
+        """A lease was taken: show the previous holder's writes before the locker goes on."""
+        ws = self.workspaces.get(name)
+        if ws is None:
+            return
+        await handover.catch_up(ws, path, seq)
+        await self._invalidations_done()
+
+    async def _invalidations_done(self) -> None:
+        """Wait (at most 1 s) until the kernel was told of every change applied so far."""
+        with trio.move_on_after(1.0):
+            while self._inval or self._invalidating:
+                await trio.sleep(0.005)
+
+    async def _fence(self, name: str, path: str, caller: Caller) -> None:
+        """Refuse a write by a holder whose lease was taken over (lease or kernel lock)."""
+        await self.leases.fence(name, path, caller)
+        if self.kernel_locks is not None and self.kernel_locks.files:
+            ws = self.workspaces.get(name)
+            if ws is not None:
+                with contextlib.suppress(AgentFSError):
+                    self.kernel_locks.fence(name, ws.resolve(path).ino, lineage(caller.pid))
+
+    # -- kernel locks (the binding's flock/getlk/setlk) --------------------------------
+
+    def _lock_target(self, fh: int) -> tuple[str, int, str]:
+        h = self._h(fh)
+        node = h.of.node
+        path = h.of.diverted_from or h.ws.ns.path_of(node) or h.of.last_path or f".unlinked/{node.ino}"
+        return h.ws.name, node.ino, path
+
+    def _kl(self) -> KernelLocks:
+        if self.kernel_locks is None:
+            raise NotSupported("this mount keeps locks to itself (--no-kernel-locks)")
+        return self.kernel_locks
+
+    async def flock(self, fh: int, owner: int, op: int, pid: int) -> None:
+        ws, ino, path = self._lock_target(fh)
+        await self._kl().flock(ws, ino, path, fh=fh, owner=owner, op=op, pid=pid)
+
+    async def setlk(self, fh: int, owner: int, type_: int, start: int, length: int, pid: int,
+                    sleep: bool) -> None:
+        ws, ino, path = self._lock_target(fh)
+        await self._kl().setlk(ws, ino, path, fh=fh, owner=owner, type_=type_, start=start,
+                               length=length, pid=pid, sleep=sleep)
+
+    async def getlk(self, fh: int, owner: int, type_: int, start: int, length: int) -> tuple[int, int, int, int]:
+        ws, ino, _ = self._lock_target(fh)
+        return await self._kl().getlk(ws, ino, owner=owner, type_=type_, start=start, length=length)
+
+    async def unlock_owner(self, fh: int, owner: int) -> None:
+        h = self.handles.get(fh)
+        if h is not None and self.kernel_locks is not None:
+            await self.kernel_locks.unlock_owner(h.ws.name, h.of.node.ino, owner)
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), give back leases, then drop the cache."""
@@ -813,6 +912,8 @@ class FileSystem:
 
         try:
             await self.leases.release_all()  # locks: after the last uploads (still fenced)
+            if self.kernel_locks is not None:
+                await self.kernel_locks.release_all()
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
         for ws in self.workspaces.values():  # other mounts may prune what was open here
