@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 import trio
 
 from agentfs.errors import AgentFSError, Fenced, InvalidArgument, NotFound, WouldBlock
-from agentfs.identity import HOSTNAME
+from agentfs.identity import HOSTNAME, agent_of_pid
 from agentfs.journal import workspace_prefix
 from agentfs.locks import LeaseStore, Who
 from agentfs.store.base import ObjectStore
@@ -83,7 +83,7 @@ EXCLUSIVE, SHARED = "exclusive", "shared"
 
 def doorbell_key(ws: str, mount: str) -> str:
     """The object another mount writes to ask ``mount`` for its cached leases of ``ws``."""
-    return f"{workspace_prefix(ws)}locks/doorbell/{mount}.json"
+    return f"{workspace_prefix(ws)}doorbells/{mount}"
 
 
 @dataclass(slots=True)
@@ -196,7 +196,8 @@ class KernelLocks:
         self.store = store
         self.ttl = ttl
         self.limiter = limiter
-        self.who = Who(agent=agent, host=HOSTNAME, mount=mount_id, pid=None)
+        #: the mount as a lease holder (owns its holders whatever process took them)
+        self.who = Who(agent=agent, host=HOSTNAME, mount=mount_id, pid=None, kernel=True)
         self.mount_id = mount_id
         self._settle = settle
         self._catch_up = catch_up
@@ -209,6 +210,11 @@ class KernelLocks:
         self._wake = trio.Event()
 
     # -- plumbing ------------------------------------------------------------------
+
+    def _who(self, pid: int) -> Who:
+        """The lease holder for a lock taken by ``pid``: its agent and pid are shown."""
+        return Who(agent=agent_of_pid(pid) or self.who.agent, host=HOSTNAME, mount=self.mount_id,
+                   pid=pid or None, kernel=True)
 
     def _leases(self, ws: str) -> LeaseStore:
         ls = self._stores.get(ws)
@@ -249,7 +255,7 @@ class KernelLocks:
             fl.drop(lambda s: s.flock and s.owner == owner)
             fl.spans.append(Span(owner, fh, 0, EOF, write, pid, flock=True))
 
-        await self._lock(fl, ino, owner, 0, EOF, write, True, not op & fcntl.LOCK_NB, take)
+        await self._lock(fl, ino, owner, pid, 0, EOF, write, True, not op & fcntl.LOCK_NB, take)
 
     async def setlk(self, ws: str | None, ino: int, path: str, *, fh: int, owner: int, type_: int,
                     start: int, length: int, pid: int, sleep: bool) -> None:
@@ -265,7 +271,7 @@ class KernelLocks:
             raise InvalidArgument("lock type must be F_RDLCK, F_WRLCK or F_UNLCK")
         write = type_ == fcntl.F_WRLCK
         fl = self._file(ws, ino, path)
-        await self._lock(fl, ino, owner, start, end, write, False, sleep,
+        await self._lock(fl, ino, owner, pid, start, end, write, False, sleep,
                          lambda: fl.set_range(owner, fh, start, end, write, pid))
 
     async def getlk(self, ws: str | None, ino: int, *, owner: int, type_: int, start: int,
@@ -324,8 +330,8 @@ class KernelLocks:
 
     # -- taking and giving back ---------------------------------------------------------
 
-    async def _lock(self, fl: FileLocks, ino: int, owner: int, start: int, end: int, write: bool,
-                    flock: bool, sleep: bool, take: Callable[[], None]) -> None:
+    async def _lock(self, fl: FileLocks, ino: int, owner: int, pid: int, start: int, end: int,
+                    write: bool, flock: bool, sleep: bool, take: Callable[[], None]) -> None:
         delay = 0.02
         cached_since: float | None = None
         fl.waiting += 1
@@ -341,7 +347,7 @@ class KernelLocks:
                     return
                 else:
                     try:
-                        await self._widen(fl, write, wait=sleep)
+                        await self._widen(fl, write, wait=sleep, pid=pid)
                         continue  # re-check: another local owner may have locked meanwhile
                     except _Cached:
                         # another mount only keeps the lease cached: it gives it back
@@ -375,7 +381,7 @@ class KernelLocks:
         except AgentFSError as e:
             log.info("lock on %s/%s: waiter not removed (%s); it expires by itself", fl.ws, fl.path, e)
 
-    async def _widen(self, fl: FileLocks, write: bool, *, wait: bool) -> None:
+    async def _widen(self, fl: FileLocks, write: bool, *, wait: bool, pid: int) -> None:
         """Take (or upgrade) the file's lease so that it covers a lock of this kind.
 
         Raises WouldBlock when another mount holds it, :class:`_Cached` when the
@@ -387,8 +393,8 @@ class KernelLocks:
             mode = EXCLUSIVE if write else SHARED
             first = fl.mode is None
             try:
-                token, seq = await self._io(self._leases(fl.ws).take, fl.path, mode, self.who, self.ttl,
-                                            wait=wait and write)
+                token, seq = await self._io(self._leases(fl.ws).take, fl.path, mode, self._who(pid),
+                                            self.ttl, wait=wait and write)
             except WouldBlock as e:
                 if await self._ring_cached(fl.ws, fl.path):
                     raise _Cached(e.strerror or "", path=fl.path) from None
@@ -461,7 +467,8 @@ class KernelLocks:
             await self._io(ls.release, fl.path, fl.token, seq=seq)
             fl.mode = None
         else:
-            fl.token, _ = await self._io(ls.take, fl.path, SHARED, self.who, self.ttl, seq=seq)
+            fl.token, _ = await self._io(ls.take, fl.path, SHARED, self._who(fl.spans[0].pid), self.ttl,
+                                         seq=seq)
             fl.mode = SHARED
         fl.hinted = False
 

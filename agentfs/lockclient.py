@@ -100,9 +100,14 @@ class FileLock:
             raise InvalidArgument("lock already held", path=self.path)
         deadline = None if self.wait is None else time.monotonic() + self.wait
         fd = self._open()
+        mp = mount_of(self.path)
         try:
-            self._kernel(fd, deadline)
-            mp = mount_of(self.path)
+            try:
+                self._kernel(fd, deadline)
+            except WouldBlock as e:
+                if mp is None:
+                    raise
+                raise WouldBlock(f"{e.strerror} ({self._holder()})", path=self.path) from None
             if mp is not None and not kernel_locks_of(mp):
                 self._lease(deadline)
         except BaseException:
@@ -166,7 +171,7 @@ class FileLock:
     def _holder(self) -> str:
         info = self.info()
         if not info or not info.get("holders"):
-            return "an exclusive locker is waiting"
+            return "held on this mount" if info is None else "an exclusive locker is waiting"
         return ", ".join(f"{h['agent']}@{h['host']} pid {h['pid']} token {h['token']}" for h in info["holders"])
 
     def info(self) -> dict[str, Any] | None:

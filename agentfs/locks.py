@@ -118,20 +118,24 @@ def lease_key(ws: str, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Who:
-    """A lease holder's identity: one process of one mount (or CLI client)."""
+    """A lease holder's identity: one process of one mount (or CLI client), or,
+    with ``kernel``, a mount holding the lease for the flock/fcntl locks of its
+    processes (``pid`` then names the process that took it, for display)."""
 
     agent: str
     host: str
     mount: str
     pid: int | None
+    kernel: bool = False
 
     def owns(self, h: LeaseHolder | LeaseWaiter) -> bool:
-        return h.mount == self.mount and h.pid == self.pid
+        if self.kernel:
+            return h.mount == self.mount and h.kernel
+        return h.mount == self.mount and h.pid == self.pid and not h.kernel
 
 
 def _describe(h: LeaseHolder) -> str:
-    who = f"pid {h.pid}" if h.pid is not None else f"mount {h.mount}"
-    return f"{h.agent or '?'}@{h.host or '?'} {who} ({h.mode}, token {h.token})"
+    return f"{h.agent or '?'}@{h.host or '?'} pid {h.pid} ({h.mode}, token {h.token})"
 
 
 # -- the store layer ---------------------------------------------------------------------
@@ -274,13 +278,13 @@ class LeaseStore:
                     mine.expires = expires
                 else:
                     mine = LeaseWaiter(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid,
-                                       since=now, expires=expires)
+                                       kernel=who.kernel, since=now, expires=expires)
                 lease.holders = live
                 lease.waiters = [*other_waiters, mine]
                 return lease, err
             token = lease.token + 1
             holder = LeaseHolder(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid, mode=mode,
-                                 token=token, acquired=now, expires=now + ttl)
+                                 kernel=who.kernel, token=token, acquired=now, expires=now + ttl)
             lease.holders = [*others, holder]
             lease.waiters = other_waiters
             lease.token = token
@@ -383,7 +387,7 @@ class LeaseStore:
             except CorruptRecord as e:
                 log.warning("%s", e)
                 continue
-            lease.holders = [h for h in lease.holders if h.expires > now]
+            lease.holders = [h for h in lease.holders if h.expires > now and not h.cached]
             if lease.holders or include_free:
                 out.append(lease)
         return sorted(out, key=lambda le: le.path)
@@ -398,7 +402,8 @@ def lease_json(lease: Lease, now: float | None = None) -> dict[str, Any]:
         "token": lease.token,
         "holders": [{"agent": h.agent, "host": h.host, "pid": h.pid, "mount": h.mount, "mode": h.mode,
                      "token": h.token, "acquired": round(h.acquired, 3), "expires": round(h.expires, 3),
-                     "expires_in": round(h.expires - now, 3)} for h in lease.holders],
+                     "expires_in": round(h.expires - now, 3), "kernel": h.kernel}
+                    for h in lease.holders if not h.cached],
         "waiters": [{"agent": w.agent, "host": w.host, "pid": w.pid, "since": round(w.since, 3)}
                     for w in lease.waiters if w.expires > now],
     }
@@ -584,8 +589,8 @@ class LeaseManager:
         """``getxattr user.agentfs.lock``: the live holders as JSON (ENODATA when free)."""
         lease, _ = await self._io(self.leases(ws).read, path)
         now = time.time()
-        if lease is not None:
-            lease.holders = [h for h in lease.holders if h.expires > now]
+        if lease is not None:  # a lease a mount only keeps cached is free to show
+            lease.holders = [h for h in lease.holders if h.expires > now and not h.cached]
         if lease is None or not lease.holders:
             raise NoAttribute("not locked", path=path)
         return json.dumps(lease_json(lease, now)).encode()

@@ -302,6 +302,8 @@ class LeaseHolder(_Model):
     host: str = ""
     mount: str = ""
     pid: int | None = None
+    #: held by a mount for its processes' flock/fcntl locks (agentfs/kernellocks.py)
+    kernel: bool = False
     mode: Literal["shared", "exclusive"]
     token: int = Field(ge=1)
     acquired: float
@@ -319,6 +321,7 @@ class LeaseWaiter(_Model):
     host: str = ""
     mount: str = ""
     pid: int | None = None
+    kernel: bool = False
     since: float
     expires: float
 
