@@ -138,7 +138,7 @@ class FileLocks:
         return None
 
     def covers(self, write: bool) -> bool:
-        if self.relaxing:
+        if self.relaxing or self.lost:
             return False
         return self.mode == EXCLUSIVE or (self.mode == SHARED and not write)
 
@@ -321,10 +321,17 @@ class KernelLocks:
         fl = self.files.get((ws, ino))
         return {s.pid for s in fl.spans} if fl is not None else set()
 
-    def fence(self, ws: str, ino: int, pids: set[int]) -> None:
-        """Raise Fenced when the lease of a file locked by one of ``pids`` was taken over."""
+    async def fence(self, ws: str, ino: int, pids: set[int]) -> None:
+        """Raise Fenced when a file locked here by one of ``pids`` has lost its
+        lease to another holder (checked in the store: one read per upload of a
+        file this mount holds locks on; none for other files)."""
         fl = self.files.get((ws, ino))
-        if fl is not None and fl.lost and any(s.pid in pids for s in fl.spans):
+        if fl is None or fl.mode is None or not any(s.pid in pids for s in fl.spans):
+            return
+        if not fl.lost and not await self._io(self._leases(ws).holds, fl.path, fl.token):
+            fl.lost = True
+            log.warning("lock on %s/%s (token %d) was taken over by another holder", ws, fl.path, fl.token)
+        if fl.lost:
             raise Fenced("the lock of this writer was taken over by another mount; write refused",
                          path=fl.path, token=fl.token)
 

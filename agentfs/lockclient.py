@@ -20,6 +20,8 @@ import fcntl
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +67,40 @@ def kernel_locks_of(mountpoint: str) -> bool:
     return bool(status.get("kernel_locks"))
 
 
+class _Alarm(Exception):
+    """Raised by the SIGALRM handler of :func:`_flock_until` to end a blocked flock."""
+
+
+def _flock_until(fd: int, op: int, deadline: float) -> bool:
+    """A blocking flock ended by SIGALRM at ``deadline`` (main thread only).
+
+    Waiting in the kernel, not polling, keeps the locker's place: on an agentfs
+    mount it is a registered exclusive waiter (no starvation by shared
+    lockers), and the interrupted wait removes its registration at once.
+    Returns False when the deadline passed first.
+    """
+    def ring(signum: int, frame: object) -> None:
+        raise _Alarm
+
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    got = False
+    old = signal.signal(signal.SIGALRM, ring)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, left)
+            fcntl.flock(fd, op)
+            got = True
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Alarm:
+        pass  # also when it rang just after the lock was granted: ``got`` says which
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    return got
+
+
 class FileLock:
     """A kernel ``flock`` on ``path``; on an agentfs mount without kernel
     locks across mounts, also a lease in the store through the lock attribute.
@@ -103,7 +139,7 @@ class FileLock:
         mp = mount_of(self.path)
         try:
             try:
-                self._kernel(fd, deadline)
+                self._kernel(fd, deadline, queue=mp is not None and kernel_locks_of(mp))
             except WouldBlock as e:
                 if mp is None:
                     raise
@@ -125,11 +161,22 @@ class FileLock:
         time.sleep(sleep)
         return min(delay * 1.5, 0.5)
 
-    def _kernel(self, fd: int, deadline: float | None) -> None:
+    def _kernel(self, fd: int, deadline: float | None, *, queue: bool = False) -> None:
+        """The kernel flock; ``queue``: a timed wait waits in the kernel (so, on a
+        mount with kernel locks, as a registered waiter) until an alarm ends it."""
         op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         if deadline is None:
             fcntl.flock(fd, op)
             return
+        if queue and self.wait and threading.current_thread() is threading.main_thread():
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if _flock_until(fd, op, deadline):
+                return
+            self._pause(deadline, 0.0)  # raises WouldBlock: the deadline has passed
         delay = 0.02
         while True:
             try:

@@ -14,7 +14,6 @@ Concurrency: the mount's trio thread.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -115,8 +114,11 @@ class LockRequests:
         if self.kernel_locks is not None and self.kernel_locks.files:
             ws = self.workspaces.get(name)
             if ws is not None:
-                with contextlib.suppress(AgentFSError):
-                    self.kernel_locks.fence(name, ws.resolve(path).ino, lineage(caller.pid))
+                try:
+                    ino = ws.resolve(path).ino
+                except AgentFSError:
+                    return  # not in this mount's tree: nothing locked here
+                await self.kernel_locks.fence(name, ino, lineage(caller.pid))
 
     # -- kernel locks (the binding's flock/getlk/setlk) --------------------------------
 
