@@ -514,7 +514,7 @@ class KernelLocks:
                 log.exception("kernel locks heartbeat failed")
 
     async def _answer_doorbells(self) -> None:
-        for ws in {fl.ws for fl in self.files.values() if fl.cached and fl.ws is not None}:
+        for ws in {fl.ws for fl in self.files.values() if (fl.cached or fl.hinted) and fl.ws is not None}:
             key = doorbell_key(ws, self.mount_id)
             try:
                 await self._io(self.store.head, key)

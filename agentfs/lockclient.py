@@ -3,8 +3,9 @@
 A :class:`FileLock` is a kernel ``flock`` on the file.  On an agentfs mount
 that passes kernel locks to the store (the default, see
 :mod:`agentfs.kernellocks`) that flock alone excludes every other mount; on a
-mount without them (``--no-kernel-locks``) the lock also takes the lease
-through the :data:`agentfs.locks.LOCK_XATTR` attribute.
+mount without them (``--no-kernel-locks``), and for a directory (the kernel
+passes no directory locks to FUSE), the lock also takes the lease through the
+:data:`agentfs.locks.LOCK_XATTR` attribute.
 
 Error contract: :class:`agentfs.errors.WouldBlock` when the lock is not
 obtained in time; :class:`agentfs.errors.NotSupported` for a path on an
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -137,14 +139,16 @@ class FileLock:
         deadline = None if self.wait is None else time.monotonic() + self.wait
         fd = self._open()
         mp = mount_of(self.path)
+        # The kernel passes no directory locks to FUSE: a directory needs the lease.
+        kernel = mp is not None and kernel_locks_of(mp) and not stat.S_ISDIR(os.fstat(fd).st_mode)
         try:
             try:
-                self._kernel(fd, deadline, queue=mp is not None and kernel_locks_of(mp))
+                self._kernel(fd, deadline, queue=kernel)
             except WouldBlock as e:
                 if mp is None:
                     raise
                 raise WouldBlock(f"{e.strerror} ({self._holder()})", path=self.path) from None
-            if mp is not None and not kernel_locks_of(mp):
+            if mp is not None and not kernel:
                 self._lease(deadline)
         except BaseException:
             os.close(fd)  # releases the kernel lock
