@@ -519,3 +519,32 @@ async def test_diff_skips_large_and_binary_files(web: object, store_url: str,
         assert "too large for a line diff" in r.text and '<span class="add">' not in r.text
         r = await h.get("/w/ws/diff", params={"a": "v1", "path": "nothing.txt"})
         assert r.status_code == 404
+
+
+def make_conflict(url: str) -> str:
+    """Two writers race on report.md; returns the loser's conflict copy."""
+    from agentfs.errors import ConflictError
+
+    with agentfs.open_workspace(url, "ws", agent="slow", create=False) as c1, \
+            agentfs.open_workspace(url, "ws", agent="fast", create=False) as c2:
+        f = c1.open("report.md", "wb")
+        f.write(b"# Q4 report\n\nRevenue grew 3%.\n")
+        c2.write_bytes("report.md", NEW + b"fast\n")
+        with pytest.raises(ConflictError) as e:
+            f.close()
+        return e.value.copy
+
+
+async def test_conflict_copies_beside_their_file(web: object, store_url: str) -> None:
+    copy = await trio.to_thread.run_sync(make_conflict, store_url)
+    async with client(web) as h:
+        r = await h.get("/w/ws/files/report.md")
+        assert 'id="conflicts"' in r.text and f'href="/w/ws/files/{copy}"' in r.text
+        r = await h.get("/w/ws/diff", params={"path": "report.md", "other": copy})
+        assert r.status_code == 200
+        assert '<span class="add">+Revenue grew 3%.</span>' in r.text and '<span class="del">-fast</span>' in r.text
+        r = await h.get("/w/ws/log")
+        assert "action-conflict" in r.text
+        r = await h.get("/w/ws/diff", params={"path": "report.md", "other": "nope.md"})
+        assert r.status_code == 404
+        assert 'id="conflicts"' not in (await h.get("/w/ws/files/notes/evil.md")).text

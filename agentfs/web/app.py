@@ -5,7 +5,7 @@ file (preview, agent state, Approve / Request changes, its history);
 ``/w/WS/raw/PATH[?at=CP]`` the bytes (a download); ``/w/WS/review`` the
 review queue (``status``, ``owner``, ``label``, ``task`` filters, oldest first);
 ``/w/WS/log[?path=P]`` the audit log; ``/w/WS/locks`` who holds which lease; ``/w/WS/events[?path=P]`` server-sent events of the journal's tail; ``/w/WS/checkpoints``; ``/w/WS/diff?a=CP&b=head``
-(and ``&path=P`` for one file); ``/w/WS/restore/CP`` the roll-back confirmation.
+(``&path=P`` for one file, ``&other=COPY`` against its conflict copy); ``/w/WS/restore/CP`` the roll-back confirmation.
 Actions (POST, CSRF-checked, refused on a read-only server):
 ``/w/WS/review/PATH`` (``decision=approve|changes``, ``note``),
 ``/w/WS/checkpoints`` (create), ``/w/WS/restore/CP`` (roll back; undoable).
@@ -166,8 +166,9 @@ class WebApp:
         at = request.query_params.get("at", "")
         at = "" if at == "head" else at
         offset = self.int_of(request, "offset", 0, 10**9)
+        tree = await self.call(self.service.tree, ws, at)
         entry, items, total = await self.call(functools.partial(
-            self.service.lookup, ws, path, at, offset=offset, count=PAGE_ROWS))
+            self.service.lookup, ws, path, at, offset=offset, count=PAGE_ROWS, tree=tree))
         base = {"ws": ws, "path": path, "at": at, "crumbs": _crumbs(path),
                 "live": None if at else _live(ws, path)}
         if entry.kind == "d":
@@ -181,7 +182,7 @@ class WebApp:
         cps = await self.call(self.service.checkpoints, ws)
         lock = None if at else await self.call(self.service.lock_of, ws, path)
         return self.page(request, "file.html", {
-            **base, "lock": lock, "entry": entry, "state": state, "history": history,
+            **base, "lock": lock, "conflicts": ReviewService.conflicts_of(tree, path), "entry": entry, "state": state, "history": history,
             "preview": Preview("binary", truncated=True) if data is None else preview(path, data, entry.size),
             "checkpoints": cps, "decisions": DECISIONS,
             "window": LOG_WINDOW})
@@ -276,12 +277,15 @@ class WebApp:
 
     async def diff(self, request: Request) -> Response:
         ws, q = self.ws_of(request), request.query_params
-        a, b = q.get("a", ""), q.get("b", "head") or "head"
+        other = check_path(q.get("other", ""))
+        a, b = q.get("a", "head" if other else ""), q.get("b", "head") or "head"
         if not a:
             raise InvalidArgument("diff needs a=CHECKPOINT")
         path = check_path(q.get("path", ""))
+        if other and not path:
+            raise InvalidArgument("diff with other=FILE needs path=FILE")
         if path:
-            fd = await self.call(self.service.file_diff, ws, path, a, b)
+            fd = await self.call(functools.partial(self.service.file_diff, ws, path, a, b, other=other))
             return self.page(request, "diff.html", {"ws": ws, "a": a, "b": b, "d": None, "files": [fd]})
         d = await self.call(self.service.diff, ws, a, b)
         files = await self.call(self.service.file_diffs, ws, d, a, b)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import json
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from agentfs.checkpoints import CheckpointDiff
 from agentfs.errors import AgentFSError, CorruptRecord, InvalidArgument, IsADirectory, NotFound
 from agentfs.journal import Journal
 from agentfs.locks import LeaseStore, lease_json
-from agentfs.models import Checkpoint, Commit, Entry, MoveOp, State, StateRow
+from agentfs.models import Checkpoint, Commit, Entry, MoveOp, State, StateRow, decode_xattr
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
@@ -57,6 +58,8 @@ DIFF_FILES = 20
 LOG_WINDOW = 1000
 #: Rows of a directory listing per page.
 PAGE_ROWS = 500
+#: The attribute agentfs puts on a conflict copy (JSON naming the file it belongs to).
+CONFLICT_XATTR = agentstate.PREFIX + "conflict"
 #: Longest path accepted from a request.
 MAX_PATH = 4096
 _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
@@ -210,12 +213,13 @@ class ReviewService:
         return e
 
     def lookup(self, ws: str, path: str, at: str | None = None, *, offset: int = 0,
-               count: int | None = None) -> tuple[Entry, list[ListItem], int]:
+               count: int | None = None, tree: State | None = None) -> tuple[Entry, list[ListItem], int]:
         """The entry of ``path`` and, for a directory, ``count`` entries from
         ``offset`` of what is directly in it (directories first, then by name)
-        and how many there are; one read of the namespace, rows built for the page only."""
+        and how many there are; one read of the namespace (``tree``, when the
+        caller has it), rows built for the page only."""
         path = check_path(path)
-        tree = self.tree(ws, at)
+        tree = tree if tree is not None else self.tree(ws, at)
         top = tree.entries.get(path)
         if top is None:
             raise NotFound(path=path or ws)
@@ -303,6 +307,22 @@ class ReviewService:
             seq = c.seq
         return seq, paths
 
+    @staticmethod
+    def conflicts_of(tree: State, path: str) -> list[str]:
+        """The conflict copies kept beside ``path`` (their ``user.agentfs.conflict`` names it), by name."""
+        out = []
+        for p, e in tree.entries.items():
+            raw = e.xattrs.get(CONFLICT_XATTR)
+            if raw is None:
+                continue
+            try:
+                of = json.loads(decode_xattr(raw)).get("of")
+            except (ValueError, AttributeError):
+                continue
+            if of == path:
+                out.append(p)
+        return sorted(out)
+
     def locks(self, ws: str) -> list[dict[str, Any]]:
         """Held leases of ``ws`` (who, what, until when), as ``agentfs locks --json``."""
         self._check_ws(ws)
@@ -330,25 +350,28 @@ class ReviewService:
         trees = (self.tree(ws, a), self.tree(ws, b))
         return [self.file_diff(ws, path, a, b, trees=trees) for path in (d.changed + d.added + d.removed)[:DIFF_FILES]]
 
-    def file_diff(self, ws: str, path: str, a: str, b: str, *, trees: tuple[State, State] | None = None) -> FileDiff:
+    def file_diff(self, ws: str, path: str, a: str, b: str, *, trees: tuple[State, State] | None = None,
+                  other: str = "") -> FileDiff:
         """The unified diff of ``path`` from version ``a`` to ``b`` (checkpoint names
-        or ``head``); ``trees``: the namespaces at ``a`` and ``b`` when the caller has them."""
+        or ``head``), or to file ``other`` at ``b`` (a conflict copy beside it);
+        ``trees``: the namespaces at ``a`` and ``b`` when the caller has them."""
         path = check_path(path)
+        paths = (path, check_path(other) or path)
         trees = trees or (self.tree(ws, a), self.tree(ws, b))
-        entries = [t.entries.get(path) for t in trees]  # sizes first: read only small files
+        entries = [t.entries.get(p) for t, p in zip(trees, paths, strict=True)]  # sizes first: read small files only
         if any(e is not None and e.kind != "f" for e in entries):
             return FileDiff(path, note="not a file")
         if any(e is not None and e.size > PREVIEW_BYTES for e in entries):
             return FileDiff(path, note="too large for a line diff")
-        if all(e is None for e in entries):
-            raise NotFound(path=path)
-        sides = [None if e is None else self.version_bytes(ws, path, at)  # None: added or removed
-                 for e, at in zip(entries, (a, b), strict=True)]
+        if all(e is None for e in entries) or (other and None in entries):
+            raise NotFound(path=other if other and entries[0] is not None else path)
+        sides = [None if e is None else self.version_bytes(ws, p, at)  # None: added or removed
+                 for e, p, at in zip(entries, paths, (a, b), strict=True)]
         old, new = _text(sides[0]), _text(sides[1])
         if old is None or new is None:
             return FileDiff(path, note="binary")
-        lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{path}@{a or 'head'}",
-                                          f"{path}@{b or 'head'}", lineterm=""))
+        lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{paths[0]}@{a or 'head'}",
+                                          f"{paths[1]}@{b or 'head'}", lineterm=""))
         return FileDiff(path, lines, "" if lines else "no line changes")
 
     # -- changing (recorded as the reviewer) ---------------------------------------
