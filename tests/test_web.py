@@ -126,12 +126,20 @@ def journal_states(url: str, path: str) -> list[tuple[str, str]]:
 async def test_browse_workspaces_files_and_headers(web: object) -> None:
     async with client(web) as h:
         r = await h.get("/")
-        assert r.status_code == 200 and '/w/ws/files/' in r.text
+        assert r.status_code == 200 and 'href="/w/ws"' in r.text and '/w/ws/files/' in r.text
         csp = r.headers["content-security-policy"]
         assert "script-src 'self';" in csp and "default-src 'none'" in csp and "unsafe" not in csp
         assert r.headers["x-content-type-options"] == "nosniff"
-        r = await h.get("/w/ws")
-        assert r.status_code == 303 and r.headers["location"] == "/w/ws/files/"
+        r = await h.get("/w/ws")  # the dashboard
+        assert r.status_code == 200 and 'data-live="/w/ws/events"' in r.text
+        statuses = r.text[r.text.index('id="statuses"'):r.text.index('id="agents"')]
+        assert re.search(r'status-review">review</span></a></td><td class="num">1</td>', statuses)
+        agents = r.text[r.text.index('id="agents"'):r.text.index('id="recent"')]
+        assert "<td>writer</td>" in agents
+        recent = r.text[r.text.index('id="recent"'):]
+        for f in ("report.md", "notes/evil.md", "data.bin"):
+            assert f'href="/w/ws/files/{f}"' in recent
+        assert recent.count('href="/w/ws/files/report.md"') == 1  # its newest change only
         r = await h.get("/w/ws/files/")
         assert r.status_code == 200
         assert re.search(r'href="/w/ws/files/notes">notes/</a>', r.text)

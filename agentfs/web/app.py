@@ -1,6 +1,6 @@
 """The review page: a Starlette (ASGI) app over :class:`agentfs.web.service.ReviewService`.
 
-Pages (GET): ``/`` workspaces; ``/w/WS/files/PATH`` a directory listing or a
+Pages (GET): ``/`` workspaces; ``/w/WS`` its dashboard; ``/w/WS/files/PATH`` a directory listing or a
 file (preview, agent state, Approve / Request changes, its history);
 ``/w/WS/raw/PATH[?at=CP]`` the bytes (a download); ``/w/WS/review`` the
 review queue (``status``, ``owner``, ``label``, ``task`` filters, oldest first);
@@ -159,7 +159,9 @@ class WebApp:
         return self.page(request, "index.html", {"workspaces": names})
 
     async def workspace(self, request: Request) -> Response:
-        return RedirectResponse(f"/w/{quote(self.ws_of(request))}/files/", status_code=303)
+        ws = self.ws_of(request)
+        dash = await self.call(self.service.dashboard, ws)
+        return self.page(request, "dashboard.html", {"ws": ws, "dash": dash, "live": _live(ws, "")})
 
     async def files(self, request: Request) -> Response:
         ws, path = self.ws_of(request), check_path(request.path_params["path"])

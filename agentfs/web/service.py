@@ -23,6 +23,7 @@ so a server with logins must run without it (``agentfs serve`` removes it).
 
 from __future__ import annotations
 
+import collections
 import difflib
 import io
 import json
@@ -44,7 +45,7 @@ from agentfs.models import Checkpoint, Commit, Entry, MoveOp, State, StateRow, d
 from agentfs.store import ObjectStore
 from agentfs.workspace import check_workspace_name
 
-__all__ = ["LOG_WINDOW", "PAGE_ROWS", "FileDiff", "ListItem", "ReviewService", "check_path", "error_status"]
+__all__ = ["LOG_WINDOW", "PAGE_ROWS", "Dashboard", "FileDiff", "ListItem", "ReviewService", "check_path", "error_status"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ LOG_WINDOW = 1000
 PAGE_ROWS = 500
 #: The attribute agentfs puts on a conflict copy (JSON naming the file it belongs to).
 CONFLICT_XATTR = agentstate.PREFIX + "conflict"
+#: Journal actions that change a file's bytes or place (the dashboard's "changed files").
+FILE_ACTIONS = frozenset({"create", "write", "rename", "delete", "symlink", "external-write", "external-delete",
+                          "conflict", "fenced", "restore", "restore-delete"})
 #: Longest path accepted from a request.
 MAX_PATH = 4096
 _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
@@ -89,6 +93,15 @@ class ListItem:
     size: int
     mtime_ns: int
     state: StateRow | None
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """A workspace at a glance."""
+
+    statuses: list[tuple[str, int]]  # status -> files, most first
+    agents: list[tuple[str, int, float]]  # agent, records in the last day, last record's time
+    recent: list[dict[str, Any]]  # the newest record of each file changed in the last hour
 
 
 @dataclass
@@ -306,6 +319,25 @@ class ReviewService:
                 paths += [r.op.src, r.op.dst] if isinstance(r.op, MoveOp) else [getattr(r.op, "path", "")]
             seq = c.seq
         return seq, paths
+
+    def dashboard(self, ws: str, *, now: float | None = None) -> Dashboard:
+        """Status counts (files with state), activity by agent in the last day and
+        the files changed in the last hour, from the namespace and the journal's tail."""
+        now = time.time() if now is None else now
+        rows = self.client(ws).state_ls()
+        counts = collections.Counter(r.status or "(no status)" for r in rows if r.kind == "file")
+        log_rows = [r for r in self.audit_log(ws, limit=0) if r.get("time") and r["time"] >= now - 86400]
+        agents: dict[str, list[float]] = {}
+        for r in log_rows:  # newest first
+            agents.setdefault(str(r["agent"]), []).append(float(r["time"]))
+        recent: dict[str, dict[str, Any]] = {}
+        for r in log_rows:
+            if r["time"] >= now - 3600 and r["action"] in FILE_ACTIONS:
+                recent.setdefault(str(r.get("dst") or r["path"]), r)  # the newest change of each
+        return Dashboard(
+            statuses=sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
+            agents=sorted(((a, len(t), max(t)) for a, t in agents.items()), key=lambda x: -x[2]),
+            recent=list(recent.values()))
 
     @staticmethod
     def conflicts_of(tree: State, path: str) -> list[str]:
