@@ -556,3 +556,30 @@ async def test_conflict_copies_beside_their_file(web: object, store_url: str) ->
         r = await h.get("/w/ws/diff", params={"path": "report.md", "other": "nope.md"})
         assert r.status_code == 404
         assert 'id="conflicts"' not in (await h.get("/w/ws/files/notes/evil.md")).text
+
+
+async def test_resolve_conflict_copies(web: object, store_url: str) -> None:
+    copy = await trio.to_thread.run_sync(make_conflict, store_url)
+    async with client(web) as h:
+        token = csrf_of((await h.get("/w/ws/files/report.md")).text)
+        for data, status in (({"copy": "data.bin", "keep": "file"}, 400),  # not a conflict copy
+                             ({"copy": copy, "keep": "burn"}, 400),
+                             ({"copy": copy, "keep": "both", "name": "a/b"}, 400),
+                             ({"copy": copy, "keep": "both", "name": "data.bin"}, 409)):
+            r = await h.post("/w/ws/resolve/report.md", data={**data, "csrf": token})
+            assert r.status_code == status, (data, r.text[-300:])
+        r = await h.post("/w/ws/resolve/report.md", data={"copy": copy, "keep": "copy", "csrf": token})
+        assert r.status_code == 303
+    data, gone = await api(store_url, lambda c: (c.read_bytes("report.md"), not c.exists(copy)))
+    assert data == b"# Q4 report\n\nRevenue grew 3%.\n" and gone
+    copy = await trio.to_thread.run_sync(make_conflict, store_url)
+    async with client(web) as h:
+        token = csrf_of((await h.get("/w/ws/files/report.md")).text)
+        r = await h.post("/w/ws/resolve/report.md", data={"copy": copy, "keep": "both", "name": "report-b.md",
+                                                          "csrf": token})
+        assert r.status_code == 303 and r.headers["location"].startswith("/w/ws/files/report-b.md")
+        assert 'id="conflicts"' not in (await h.get("/w/ws/files/report.md")).text
+        log = (await h.get("/w/ws/log")).text
+        assert re.search(r"<td>alice</td>\s*<td>rename</td>\s*<td>" + re.escape(copy) + " -&gt; report-b.md", log)
+    both = await api(store_url, lambda c: (c.read_bytes("report-b.md"), c.exists(copy)))
+    assert both == (b"# Q4 report\n\nRevenue grew 3%.\n", False)

@@ -8,6 +8,7 @@ review queue (``status``, ``owner``, ``label``, ``task`` filters, oldest first);
 (``&path=P`` for one file, ``&other=COPY`` against its conflict copy); ``/w/WS/restore/CP`` the roll-back confirmation.
 Actions (POST, CSRF-checked, refused on a read-only server):
 ``/w/WS/review/PATH`` (``decision=approve|changes``, ``note``),
+``/w/WS/resolve/PATH`` (a conflict copy: ``keep=file|copy|both``, ``name``),
 ``/w/WS/checkpoints`` (create), ``/w/WS/restore/CP`` (roll back; undoable).
 
 Error contract: a bad path, name or parameter, an unknown workspace, file or
@@ -250,6 +251,13 @@ class WebApp:
                         form.get("note", ""))
         return RedirectResponse(f"/w/{quote(ws)}/files/{quote(path)}?done={decision}", status_code=303)
 
+    async def resolve(self, request: Request) -> Response:
+        ws, path = self.ws_of(request), check_path(request.path_params["path"])
+        form = await self.action(request)
+        shown = await self.call(self.service.resolve_conflict, ws, self.reviewer(request), path,
+                                form.get("copy", ""), form.get("keep", ""), form.get("name", ""))
+        return RedirectResponse(f"/w/{quote(ws)}/files/{quote(shown)}?done=resolved", status_code=303)
+
     async def audit(self, request: Request) -> Response:
         ws = self.ws_of(request)
         path = check_path(request.query_params.get("path", ""))
@@ -355,6 +363,7 @@ def create_app(service: ReviewService, settings: WebSettings, users: dict[str, s
         Route("/w/{ws}/events", w.events),
         Route("/w/{ws}/review", w.review),
         Route("/w/{ws}/review/{path:path}", w.decide, methods=["POST"]),
+        Route("/w/{ws}/resolve/{path:path}", w.resolve, methods=["POST"]),
         Route("/w/{ws}/log", w.audit),
         Route("/w/{ws}/locks", w.locks),
         Route("/w/{ws}/checkpoints", w.checkpoints, methods=["GET", "POST"]),

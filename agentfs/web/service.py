@@ -28,6 +28,8 @@ import difflib
 import io
 import json
 import logging
+import posixpath
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +40,14 @@ from agentfs import agentstate
 from agentfs.api import WorkspaceClient
 from agentfs.check import workspace_names
 from agentfs.checkpoints import CheckpointDiff
-from agentfs.errors import AgentFSError, CorruptRecord, InvalidArgument, IsADirectory, NotFound
+from agentfs.errors import (
+    AgentFSError,
+    AlreadyExists,
+    CorruptRecord,
+    InvalidArgument,
+    IsADirectory,
+    NotFound,
+)
 from agentfs.journal import Journal
 from agentfs.locks import LeaseStore, lease_json
 from agentfs.models import Checkpoint, Commit, Entry, MoveOp, State, StateRow, decode_xattr
@@ -416,6 +425,35 @@ class ReviewService:
         if note.strip():
             fields["note"] = note.strip()
         return self.client(ws, reviewer).set_state(path, **fields)
+
+    def resolve_conflict(self, ws: str, reviewer: str, path: str, copy: str, keep: str, name: str = "") -> str:
+        """Settle conflict copy ``copy`` of ``path``: ``keep="file"`` removes the copy,
+        ``"copy"`` puts the copy's bytes at ``path`` and removes the copy, ``"both"``
+        renames the copy to ``name`` beside the file (no longer a conflict copy).
+        Each step is an ordinary journaled change by the reviewer; returns the path
+        to show next.  InvalidArgument for a ``copy`` that is not one of ``path``'s."""
+        path, copy = check_path(path), check_path(copy)
+        if copy not in self.conflicts_of(self.tree(ws), path):
+            raise InvalidArgument("not a conflict copy of this file", path=copy)
+        c = self.client(ws, reviewer)
+        if keep == "file":
+            c.remove(copy)
+            return path
+        if keep == "copy":
+            with c.open(copy, "rb") as src, c.open(path, "wb") as out:
+                shutil.copyfileobj(src, out, 8 << 20)
+            c.remove(copy)
+            return path
+        if keep != "both":
+            raise InvalidArgument("keep must be file, copy or both", path=keep[:40])
+        if not name.strip() or "/" in name or name.strip() in (".", ".."):
+            raise InvalidArgument("keeping both needs a new name for the copy (no '/')", path=name[:200])
+        dst = posixpath.join(posixpath.dirname(path), name.strip())
+        if c.exists(dst):
+            raise AlreadyExists(path=dst)
+        c.rename(copy, dst)
+        c.removexattr(dst, CONFLICT_XATTR)
+        return dst
 
     def create_checkpoint(self, ws: str, reviewer: str, name: str = "", note: str = "") -> Checkpoint:
         return self.client(ws, reviewer).checkpoint(name.strip() or None, note=note.strip())
