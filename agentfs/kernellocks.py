@@ -383,6 +383,7 @@ class KernelLocks:
                 with trio.move_on_after(timeout):
                     await fl.changed.wait()
         except trio.Cancelled:
+            log.debug("lock on %s/%s: the waiting process was interrupted", fl.ws, fl.path)
             if fl.ws is not None and write and sleep:
                 with trio.move_on_after(2.0, shield=True):
                     await self._leave(fl)
@@ -396,7 +397,8 @@ class KernelLocks:
     async def _leave(self, fl: FileLocks) -> None:
         assert fl.ws is not None
         try:
-            await self._io(self._leases(fl.ws).leave, fl.path, self.who)
+            if await self._io(self._leases(fl.ws).leave, fl.path, self.who):
+                log.debug("lock on %s/%s: waiter registration removed", fl.ws, fl.path)
         except AgentFSError as e:
             log.info("lock on %s/%s: waiter not removed (%s); it expires by itself", fl.ws, fl.path, e)
 
@@ -430,6 +432,8 @@ class KernelLocks:
         live = [h for h in lease.holders if h.expires > now and not self.who.owns(h)] if lease else []
         if not live or not all(h.cached for h in live):
             return False
+        log.debug("lock on %s/%s: refused by cached leases of %s; ringing", ws, path,
+                  ", ".join(h.mount for h in live))
         for h in live:
             last = self._rung.get((ws, h.mount), 0.0)
             if time.monotonic() - last > 2 * DOORBELL_POLL:
@@ -477,7 +481,9 @@ class KernelLocks:
         if want is None and may_cache and not fl.lost and (
                 fl.hinted or await self._io(ls.mark_cached, fl.path, fl.token, True)):
             fl.cached = fl.hinted = True
+            fl.used = time.monotonic()
             self._wake.set()
+            log.debug("lock on %s/%s: lease kept cached (token %d)", fl.ws, fl.path, fl.token)
             return
         seq = await self._settle(fl.ws, fl.path)
         if fl.lost:
@@ -485,6 +491,7 @@ class KernelLocks:
         elif want is None:
             await self._io(ls.release, fl.path, fl.token, seq=seq)
             fl.mode = None
+            log.debug("lock on %s/%s: lease given back at seq %d", fl.ws, fl.path, seq)
         else:
             fl.token, _ = await self._io(ls.take, fl.path, SHARED, self._who(fl.spans[0].pid), self.ttl,
                                          seq=seq)
