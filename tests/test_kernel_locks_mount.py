@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_locks import Holder, lock_cli
-from tests.test_locks_mount import lease_info
 from tests.fixtures_mount import REPO, Mount, fuse_available
+from tests.test_locks_mount import lease_info
 from tests.test_multimount import (
     agentfs_cli,
     assert_check_clean,
