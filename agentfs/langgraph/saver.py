@@ -203,11 +203,10 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
             return StoredValue.inline(type_, raw)
         rel = f"blobs/{sha256_hex(raw)}.bin"
         self._ensure_dir(f"{nsp}/blobs")
-        if not self.client.exists(f"{nsp}/{rel}"):
-            try:
-                self._create(f"{nsp}/{rel}", raw)
-            except (AlreadyExists, ConflictError):
-                pass  # content-addressed: whoever wrote it first wrote these bytes
+        try:
+            self._create(f"{nsp}/{rel}", raw)
+        except (AlreadyExists, ConflictError):
+            pass  # content-addressed: whoever wrote it first wrote these bytes
         return StoredValue(type=type_, blob=rel)
 
     def _load(self, nsp: str, sv: StoredValue) -> Any:
@@ -220,8 +219,7 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
 
     def _create(self, path: str, raw: bytes) -> None:
         """Create ``path`` only if absent (a conditional create in the store)."""
-        with self.client.open(path, "xb") as f:
-            f.write(raw)
+        self.client.write_bytes(path, raw, exclusive=True)
 
     # -- reading -------------------------------------------------------------------
 
