@@ -9,6 +9,7 @@ the files it saw in ``out/`` (so a rewound node shows what it had then).
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import signal
@@ -53,7 +54,7 @@ def build(saver: Any, client: WorkspaceClient, *, interrupt_at: str = "", kill_a
     for n in NODES:
         g.add_node(n, node(n))
     g.add_edge(START, NODES[0])
-    for x, y in zip(NODES, NODES[1:], strict=False):
+    for x, y in itertools.pairwise(NODES):
         g.add_edge(x, y)
     g.add_edge(NODES[-1], END)
     return g.compile(checkpointer=saver)

@@ -41,6 +41,7 @@ __all__ = [
     "decode_component",
     "encode_component",
     "files_checkpoint_name",
+    "files_checkpoint_prefix",
     "ns_dir",
     "ns_of_dir",
     "parse_record",
@@ -164,10 +165,14 @@ def sha256_hex(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def files_checkpoint_prefix(thread_id: str) -> str:
+    """Every agentfs checkpoint cut for a thread starts with this (``lg-<hash of the thread>-``)."""
+    return f"lg-{sha256_hex(thread_id.encode())[:12]}-"
+
+
 def files_checkpoint_name(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> str:
-    """The agentfs checkpoint cut with a LangGraph checkpoint: ``lg-<hash>-<id>``
-    (the hash names the thread and namespace; the id is kept when it is a valid name)."""
-    h = sha256_hex(f"{thread_id}\0{checkpoint_ns}".encode())[:12]
+    """The agentfs checkpoint cut with a LangGraph checkpoint:
+    ``lg-<thread hash>-<namespace hash>-<id>`` (the id kept when it is a valid name)."""
     tail = checkpoint_id if re.fullmatch(r"[A-Za-z0-9._@+-]{1,150}", checkpoint_id) else \
         sha256_hex(checkpoint_id.encode())[:32]
-    return f"lg-{h}-{tail}"
+    return f"{files_checkpoint_prefix(thread_id)}{sha256_hex(checkpoint_ns.encode())[:6]}-{tail}"

@@ -76,6 +76,7 @@ from agentfs.langgraph.records import (
     decode_component,
     encode_component,
     files_checkpoint_name,
+    files_checkpoint_prefix,
     ns_dir,
     ns_of_dir,
     parse_record,
@@ -447,12 +448,10 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
         checkpoints cut for it (their file versions become collectable by gc)."""
         thread, _, _ = _config_target({"configurable": {"thread_id": thread_id}})
         top = self._thread_path(thread)
-        names: set[str] = set()
-        for ns in self._namespaces(thread):
-            for cid in self._ids(thread, ns):
-                names.add(files_checkpoint_name(thread, ns, cid))
-        for name in sorted(names & set(self.client.state_of("head").checkpoints)):
-            self.client.delete_checkpoint(name)
+        prefix = files_checkpoint_prefix(thread)
+        for name in sorted(self.client.state_of("head").checkpoints):
+            if name.startswith(prefix):  # also those of records a restore took away
+                self.client.delete_checkpoint(name)
         if self.client.exists(top):
             self.client.rmtree(top)
         self._dirs = {d for d in self._dirs if d != top and not d.startswith(top + "/")}

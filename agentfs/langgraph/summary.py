@@ -56,7 +56,7 @@ def summary_markdown(rec: CheckpointRecord, checkpoint: Mapping[str, Any],
                      pending: Sequence[tuple[str, str, Any]]) -> str:
     """The summary of one checkpoint (``pending``: (task_id, channel, value))."""
     md = rec.metadata_json
-    when = _dt.datetime.fromtimestamp(rec.created, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = _dt.datetime.fromtimestamp(rec.created, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [f"# LangGraph checkpoint `{rec.checkpoint_id}`", "",
              f"- thread: `{rec.thread_id}`, namespace: `{rec.checkpoint_ns or '(root graph)'}`",
              f"- step: {md.get('step', '?')}, source: {md.get('source', '?')}",
