@@ -350,15 +350,14 @@ def test_conformance_local_store(url: str) -> None:
     run_conformance(url)
 
 
-def test_race_and_resume_across_hosts_on_s3(s3_url: str, savers: Saver) -> None:
-    """On S3 the conditional create decides the race; another host resumes at once."""
+def test_race_across_hosts_on_s3(s3_url: str, savers: Saver) -> None:
+    """On S3 the store's conditional create decides the race; the other host reads at once."""
     a, b = savers(s3_url, agent="host-a"), savers(s3_url, agent="host-b")
     race(a, b, b)
-    r = build(a, a.client, interrupt_at="b").invoke({"steps": []}, cfg("s3"), durability="sync")
-    assert "__interrupt__" in r
-    out = build(b, b.client, interrupt_at="b").invoke(Command(resume="ok"), cfg("s3"), durability="sync")
-    assert out["steps"] == ["a", "b", "c"] and b.client.read_bytes("out/b.txt") == b"b saw a.txt ok"
-    assert [t.metadata["step"] for t in a.list(cfg("s3"), limit=2)] == [3, 2]
+    stored = a.put(cfg("s3"), empty_checkpoint(), {"source": "loop", "step": 0}, {})
+    b.put_writes(stored, [("steps", ["x"])], "task-1")
+    tup = a.get_tuple(cfg("s3"))
+    assert tup is not None and tup.pending_writes == [("task-1", "steps", ["x"])]
 
 
 @pytest.mark.slow

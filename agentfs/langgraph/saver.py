@@ -40,6 +40,7 @@ checkpoints at once.  ``restore_files`` must not race writers of the workspace.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import random
 import uuid
@@ -494,7 +495,7 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
                  rec.checkpoint_id, rec.thread_id, undo.name)
         return undo.name
 
-    def _directory_changes(self, target: str) -> tuple[dict[str, bytes | None], list[str]]:
+    def _directory_changes(self, target: str) -> tuple[dict[str, bytes | None], builtins.list[str]]:
         """What the restore to ``target`` would change under the directory: the
         current bytes of each file it replaces or removes (None: a folder), and
         the paths it would bring back that are gone now."""
@@ -512,7 +513,7 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
         extra = [p for p in then if p not in now]
         return keep, extra
 
-    def _put_back(self, keep: dict[str, bytes | None], extra: list[str]) -> None:
+    def _put_back(self, keep: dict[str, bytes | None], extra: builtins.list[str]) -> None:
         for p in sorted(extra, key=lambda q: -q.count("/")):
             st = self.client.stat(p)
             (self.client.rmdir if st.kind == "dir" else self.client.remove)(p)
