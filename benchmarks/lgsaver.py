@@ -41,35 +41,37 @@ from agentfs.langgraph import AgentFSSaver
 from agentfs.store import open_store
 
 
-def steps(saver: BaseCheckpointSaver[Any], n: int) -> float:
-    """Median ms of put + get_tuple over ``n`` super-steps of one thread."""
+def one_step(saver: BaseCheckpointSaver[Any], config: dict[str, Any], i: int) -> tuple[dict[str, Any], float]:
+    """One super-step: put a checkpoint, then get_tuple the thread's latest; (config, seconds)."""
+    cp = empty_checkpoint()
+    cp["channel_values"] = {"messages": [{"type": "ai", "content": "x" * 200}] * 10, "step": i,
+                            "notes": f"step {i}"}
+    versions = {k: saver.get_next_version(None, None) for k in cp["channel_values"]}
+    cp["channel_versions"] = versions
+    t = time.perf_counter()
+    config = saver.put(config, cp, {"source": "loop", "step": i, "parents": {}}, versions)
+    assert saver.get_tuple({"configurable": {"thread_id": config["configurable"]["thread_id"]}})
+    return config, time.perf_counter() - t
+
+
+def measure(saver: BaseCheckpointSaver[Any], url: str | None, n: int) -> tuple[float, float]:
+    """Median ms per step and of the floor, interleaved (so load on the machine hits both)."""
     config: dict[str, Any] = {"configurable": {"thread_id": f"bench-{time.time_ns()}", "checkpoint_ns": ""}}
-    times = []
-    for i in range(n):
-        cp = empty_checkpoint()
-        cp["channel_values"] = {"messages": [{"type": "ai", "content": "x" * 200}] * 10, "step": i,
-                                "notes": f"step {i}"}
-        versions = {k: saver.get_next_version(None, None) for k in cp["channel_values"]}
-        cp["channel_versions"] = versions
-        t = time.perf_counter()
-        config = saver.put(config, cp, {"source": "loop", "step": i, "parents": {}}, versions)
-        assert saver.get_tuple({"configurable": {"thread_id": config["configurable"]["thread_id"]}})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
-
-
-def floor(url: str, n: int, size: int = 3000) -> float:
-    store = open_store(url)
+    store = open_store(url) if url else None
+    times, floors = [], []
     try:
-        times = []
         for i in range(n):
-            t = time.perf_counter()
-            store.put(f"floor/{i}-a", b"x" * size)
-            store.put(f"floor/{i}-b", b"y" * 300)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1000
+            config, dt = one_step(saver, config, i)
+            times.append(dt)
+            if store is not None:
+                t = time.perf_counter()
+                store.put(f"floor/{i}-a", b"x" * 3000)  # a record's size
+                store.put(f"floor/{i}-b", b"y" * 300)  # an index entry
+                floors.append(time.perf_counter() - t)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+    return statistics.median(times) * 1000, statistics.median(floors) * 1000 if floors else float("nan")
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -105,7 +107,7 @@ def main() -> int:
 
     def agentfs_row(name: str, url: str, **kw: Any) -> None:
         with AgentFSSaver.open(url, "bench", **kw) as saver:
-            rows.append((name, steps(saver, n), floor(url, n)))
+            rows.append((name, *measure(saver, url, n)))
 
     agentfs_row("AgentFSSaver, local store", local)
     agentfs_row("AgentFSSaver, local store, files=True", local, files=True)
@@ -124,7 +126,7 @@ def main() -> int:
         sqlite = None
     if sqlite is not None:
         with sqlite(str(tmp / "lg.sqlite")) as saver:
-            rows.append(("SqliteSaver, local disk", steps(saver, n), float("nan")))
+            rows.append(("SqliteSaver, local disk", *measure(saver, None, n)))
     print(f"| saver | put + get_tuple per step (ms, median of {n}) | two sequential PUTs (ms) | ratio |")
     print("|---|---|---|---|")
     for name, ms, fl in rows:
