@@ -45,7 +45,6 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -143,7 +142,6 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
         self._owns_client = owns_client
         self._dirs: set[str] = set()  # folders known to exist (cleared by deletes)
         self._last: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # the parent of the next put
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentfs-langgraph")
 
     @classmethod
     def open(cls, url: str, workspace: str, *, agent: str = "", endpoint_url: str | None = None,
@@ -158,7 +156,6 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
 
     def close(self) -> None:
         """Close the workspace client if this saver opened it."""
-        self._pool.shutdown(wait=True)
         if self._owns_client:
             self.client.close()
 
@@ -355,16 +352,10 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
                                checkpoint=StoredValue.inline(*self.serde.dumps_typed(rest)),
                                channel_values=values, metadata=StoredValue.inline(*self.serde.dumps_typed(md)),
                                metadata_json=_json_view(md), files=files)
+        # the record first: only the writer whose record stays writes the summary
+        self._store_record(path, rec)
         parent = self._parent_checkpoint(thread, ns, parent_id)
-        # the summary is uploaded beside the record (one group commit, not two in a row)
-        summary = self._pool.submit(self._write_summary, rec, checkpoint, parent, sorted(new_versions), [])
-        try:
-            self._store_record(path, rec)
-        except CheckpointConflict:
-            summary.result()
-            self._resummarise(thread, ns, cid)  # the summary of the record that stays
-            raise
-        summary.result()
+        self._write_summary(rec, checkpoint, parent, sorted(new_versions), [])
         if files is not None:
             try:
                 self.client.checkpoint(files.checkpoint, note=f"langgraph thread={thread} ns={ns} "
