@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import random
 import uuid
@@ -458,6 +459,57 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
             self.client.rmtree(top)
         self._dirs = {d for d in self._dirs if d != top and not d.startswith(top + "/")}
         self._last = {k: v for k, v in self._last.items() if k[0] != thread}
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1) -> None:
+        """Retention: ``"keep_latest"`` keeps the ``keep_last`` newest checkpoints of
+        each namespace of each thread (with their writes) and removes the others,
+        their summaries, writes, blobs no kept one uses and their agentfs
+        checkpoints; ``"delete"`` deletes the threads.  Unknown threads are skipped."""
+        if strategy == "delete":
+            for t in thread_ids:
+                self.delete_thread(t)
+            return
+        if strategy != "keep_latest":
+            raise InvalidArgument(f"unknown prune strategy {strategy!r} (keep_latest or delete)")
+        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
+            raise InvalidArgument(f"keep_last must be a positive integer, got {keep_last!r}")
+        live = set(self.client.state_of("head").checkpoints)
+        for t in thread_ids:
+            thread, _, _ = _config_target({"configurable": {"thread_id": t}})
+            for ns in self._namespaces(thread):
+                ids = self._ids(thread, ns)
+                if len(ids) > keep_last:
+                    self._drop(thread, ns, set(ids[keep_last:]), ids[:keep_last], live)
+
+    def _drop(self, thread: str, ns: str, drop: set[str], kept: Sequence[str], live: set[str]) -> None:
+        nsp = self._ns_path(thread, ns)
+        used: set[str] = set()
+        for cid in kept:
+            rec = self._record(thread, ns, cid)
+            used |= {sv.blob for sv in (rec.channel_values.values() if rec else []) if sv.blob}
+        for name in self._listdir(f"{nsp}/writes"):
+            path = f"{nsp}/writes/{name}"
+            raw = self._read(path)
+            rec_w = parse_record(WriteRecord, raw, path) if raw is not None else None
+            if rec_w is not None and rec_w.checkpoint_id in drop:
+                self.client.remove(path)
+            elif rec_w is not None:
+                used |= {w.value.blob for w in rec_w.writes if w.value.blob}
+        for cid in sorted(drop):
+            base = self._record_path(thread, ns, cid)[: -len(".json")]
+            for path in (base + ".json", base + ".md"):
+                with contextlib.suppress(NotFound):
+                    self.client.remove(path)
+            name = files_checkpoint_name(thread, ns, cid)
+            if name in live:
+                self.client.delete_checkpoint(name)
+        for name in self._listdir(f"{nsp}/blobs"):
+            if f"blobs/{name}" not in used:
+                self.client.remove(f"{nsp}/blobs/{name}")
+        log.info("langgraph: pruned %d checkpoints of thread %s ns %r", len(drop), thread, ns)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", keep_last: int = 1) -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy, keep_last=keep_last)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions sort as numbers and differ between branches (as InMemorySaver's)."""
