@@ -4,8 +4,9 @@ A real LangGraph graph (tests/lg_graph.py: three deterministic nodes that write
 files) runs with the saver: interrupted and resumed from a fresh saver, killed
 with SIGKILL and resumed, listed, and time-travelled with ``files=True`` (the
 rewound node sees the files it had then).  LangGraph's own conformance suite
-runs against the saver on a local store and on moto S3.  Every store must
-check clean afterwards (the ``url`` fixture).
+runs against the saver on the in-process store (and, with
+``AGENTFS_LANGGRAPH_CONFORMANCE=1``, on a local store and on moto S3).  The
+local store of each test must check clean afterwards (the ``url`` fixture).
 """
 
 from __future__ import annotations
@@ -259,7 +260,12 @@ def race(a: AgentFSSaver, b: AgentFSSaver, reader: AgentFSSaver) -> None:
 
 
 def test_two_writers_race_one_checkpoint_id(savers: Saver) -> None:
-    race(savers(agent="host-a"), savers(agent="host-b"), savers(agent="reader"))
+    a, b = savers(agent="host-a"), savers(agent="host-b")
+    race(a, b, savers(agent="reader"))
+    b.delete_thread("both")  # the folders a knows are gone: a's next put makes them again
+    stored = a.put(cfg("both"), empty_checkpoint(), {"source": "loop", "step": 9}, {})
+    a.put_writes(stored, [("steps", ["y"])], "task-2")
+    assert [t.metadata["step"] for t in b.list(cfg("both"))] == [9]
     s = savers()
     s.client.write_bytes("once", b"1", exclusive=True)
     with pytest.raises(AlreadyExists):
@@ -379,8 +385,26 @@ def run_conformance(url: str) -> None:
     assert report.results["prune"].passed is True  # the extended capability we implement
 
 
+def test_conformance_memory_store() -> None:
+    """The whole suite through the core and journal (the in-process store keeps it quick)."""
+    run_conformance(f"memory://lg{os.getpid()}")
+
+
+#: Set to run the suite on the local store and on moto S3 too (about 15 s and 60 s here).
+ALL = pytest.mark.skipif(not os.environ.get("AGENTFS_LANGGRAPH_CONFORMANCE"),
+                         reason="set AGENTFS_LANGGRAPH_CONFORMANCE=1 (local store ~15 s, moto S3 ~60 s)")
+
+
+@pytest.mark.slow
+@ALL
 def test_conformance_local_store(url: str) -> None:
     run_conformance(url)
+
+
+@pytest.mark.slow
+@ALL
+def test_conformance_s3(s3_url: str) -> None:
+    run_conformance(s3_url)
 
 
 def test_race_across_hosts_on_s3(s3_url: str, savers: Saver) -> None:
@@ -391,10 +415,3 @@ def test_race_across_hosts_on_s3(s3_url: str, savers: Saver) -> None:
     b.put_writes(stored, [("steps", ["x"])], "task-1")
     tup = a.get_tuple(cfg("s3"))
     assert tup is not None and tup.pending_writes == [("task-1", "steps", ["x"])]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("AGENTFS_LANGGRAPH_S3_CONFORMANCE"),
-                    reason="about 45 s through moto; set AGENTFS_LANGGRAPH_S3_CONFORMANCE=1")
-def test_conformance_s3(s3_url: str) -> None:
-    run_conformance(s3_url)

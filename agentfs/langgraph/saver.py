@@ -222,7 +222,18 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
 
     def _create(self, path: str, raw: bytes) -> None:
         """Create ``path`` only if absent (a conditional create in the store)."""
-        self.client.write_bytes(path, raw, exclusive=True)
+        self._write(path, raw, exclusive=True)
+
+    def _write(self, path: str, raw: bytes, *, exclusive: bool = False) -> None:
+        """Write ``path``; if its folder went meanwhile (another process deleted
+        the thread), make it again once."""
+        try:
+            self.client.write_bytes(path, raw, exclusive=exclusive)
+        except NotFound:
+            folder = path.rpartition("/")[0]
+            self._dirs = {d for d in self._dirs if not folder.startswith(d)}
+            self._ensure_dir(folder)
+            self.client.write_bytes(path, raw, exclusive=exclusive)
 
     # -- reading -------------------------------------------------------------------
 
@@ -396,7 +407,7 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
                        changed: Sequence[str], pending: Sequence[tuple[str, str, Any]]) -> None:
         text = summary_markdown(rec, checkpoint, parent, changed, pending)
         path = self._record_path(rec.thread_id, rec.checkpoint_ns, rec.checkpoint_id)[: -len(".json")] + ".md"
-        self.client.write_bytes(path, text.encode())
+        self._write(path, text.encode())
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -428,7 +439,7 @@ class AgentFSSaver(BaseCheckpointSaver[str]):
                 if old is None:
                     self._create(path, rec.model_dump_json(indent=1).encode())
                 else:
-                    self.client.write_bytes(path, rec.model_dump_json(indent=1).encode())
+                    self._write(path, rec.model_dump_json(indent=1).encode())
                 break
             except (AlreadyExists, ConflictError) as e:  # another writer of this task: merge again
                 log.info("langgraph: writes of task %s raced another writer (%s); merging again", task_id, e)
