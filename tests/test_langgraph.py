@@ -390,9 +390,9 @@ def test_conformance_memory_store() -> None:
     run_conformance(f"memory://lg{os.getpid()}")
 
 
-#: Set to run the suite on the local store and on moto S3 too (about 15 s and 60 s here).
+#: Set to run the suite on the local store and on moto S3 too (about 15 s and 2 min here).
 ALL = pytest.mark.skipif(not os.environ.get("AGENTFS_LANGGRAPH_CONFORMANCE"),
-                         reason="set AGENTFS_LANGGRAPH_CONFORMANCE=1 (local store ~15 s, moto S3 ~60 s)")
+                         reason="set AGENTFS_LANGGRAPH_CONFORMANCE=1 (local store ~15 s, moto S3 ~2 min)")
 
 
 @pytest.mark.slow
