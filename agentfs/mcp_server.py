@@ -282,7 +282,7 @@ class WorkspaceTools:
                 continue
             if fnmatch.fnmatch(st.path, pattern) or fnmatch.fnmatch(name, pattern):
                 out.append(st.path)
-        return Matches(paths=out)
+        return Matches(paths=sorted(out))
 
     @mapped
     def get_file_info(self, path: str) -> FileInfo:

@@ -45,9 +45,9 @@ def register(app: typer.Typer) -> None:
         if not isinstance(level, int):
             raise InvalidArgument("bad --log-level (debug, info, warning, error)", path=log_level)
         logging.getLogger().setLevel(level)
-        settings = McpSettings(read_only=read_only, max_read_bytes=max_read_bytes)
         if max_read_bytes < 1:
             raise InvalidArgument("--max-read-bytes must be positive")
+        settings = McpSettings(read_only=read_only, max_read_bytes=max_read_bytes)
         t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
         if not t.workspace or t.path:
             raise InvalidArgument("expected [STORE_URL/]WORKSPACE (a workspace, not a path in it)", path=target)
