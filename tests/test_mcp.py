@@ -287,3 +287,51 @@ def test_s3_lock_and_write(s3_url: str) -> None:
 
     run(main)
     assert_clean(s3_url)
+
+
+# -- a real mount: the MCP session and a mounted agent share files and locks -----------------------
+
+
+def test_mount_and_mcp_share_files_and_locks(mounter: Callable[..., Any], tmp_path: Path) -> None:
+    from tests.test_multimount import agentfs_cli, wait_for
+
+    store = tmp_path / "store"
+    store.mkdir()
+    url = f"file://{store}"
+    m = mounter(url)
+    (m.path / "ws").mkdir()
+    task = m.path / "ws" / "task.md"
+
+    async def main() -> None:
+        async with inproc(url) as (c, _):
+            await ok(c, "write_file", path="task.md", content="from mcp\n")
+            wait_for(lambda: task.exists() and task.read_bytes() == b"from mcp\n", timeout=10)
+            await ok(c, "lock_acquire", path="task.md")
+            r = agentfs_cli("lock", "-n", str(task), "--", "true")
+            assert r.returncode == 1 and b"bot" in r.stderr, r.stderr
+            await ok(c, "lock_release", path="task.md")
+            assert agentfs_cli("lock", "-n", str(task), "--", "true").returncode == 0
+            # the other way round: a mounted process holds it, the MCP session is refused
+            holder = subprocess.Popen([sys.executable, "-m", "agentfs", "lock", str(task), "--", "sleep", "30"],
+                                      env=dict(os.environ, PYTHONPATH=str(REPO), AGENTFS_AGENT="mounted"),
+                                      cwd=str(REPO), start_new_session=True)
+            try:
+                assert await _eventually_held(c, "task.md")
+                e = await err(c, "lock_acquire", path="task.md")
+                assert "mounted" in e, e
+            finally:
+                os.killpg(holder.pid, 9)
+                holder.wait(timeout=30)
+            task.write_bytes(b"from the mount\n")
+            got = await ok(c, "read_text_file", path="task.md")
+            assert got["content"] == "from the mount\n"
+
+    run(main)
+
+
+async def _eventually_held(c: Client, path: str, timeout: float = 20.0) -> bool:
+    with anyio.move_on_after(timeout):
+        while not [r for r in (await ok(c, "locks_list", path=path))["locks"] if r["holders"]]:
+            await anyio.sleep(0.05)
+        return True
+    return False
