@@ -307,7 +307,7 @@ class WorkspaceTools:
         rows = [r for r in rows if r.get("agent") is not None]
         return f", last changed by {rows[-1]['agent']} at {rows[-1]['iso_time']}" if rows else ""
 
-    def _replace(self, path: str, data: bytes, if_version: str | None,
+    def replace(self, path: str, data: bytes, if_version: str | None,
                  edit: Callable[[bytes], bytes] | None = None) -> FileStat:
         """Write ``data`` (or ``edit(current bytes)``) to ``path`` through one handle.
 
@@ -341,7 +341,7 @@ class WorkspaceTools:
                                                   "version (from a read)")) -> WriteResult:
         """Create or replace a file with UTF-8 text; durable in the store when the tool returns."""
         path = clean_path(path)
-        st = self._replace(path, content.encode(), if_version)
+        st = self.replace(path, content.encode(), if_version)
         return WriteResult(path=path, size=st.size, version=version_of(st))
 
     @mapped
@@ -373,7 +373,7 @@ class WorkspaceTools:
                 raise self._stale(path, if_version, version_of(st))
             apply(self.c.read_bytes(path))
             return WriteResult(path=path, size=st.size, version=version_of(st), diff=result["diff"])
-        st = self._replace(path, b"", if_version, edit=apply)
+        st = self.replace(path, b"", if_version, edit=apply)
         return WriteResult(path=path, size=st.size, version=version_of(st), diff=result["diff"])
 
     @mapped

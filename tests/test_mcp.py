@@ -11,8 +11,8 @@ Every store must check clean afterwards.
 from __future__ import annotations
 
 import base64
-import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +27,7 @@ from mcp import Client, StdioServerParameters
 import agentfs
 from agentfs.check import check_store
 from agentfs.errors import WouldBlock
+from agentfs.locks import LeaseStore
 from agentfs.mcp_server import McpApp, McpSettings
 from agentfs.store import open_store
 
@@ -123,10 +124,8 @@ def test_stdio_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             assert lk["token"] >= 1 and lk["holders"][0]["agent"] == "bot"
             with pytest.raises(WouldBlock), human.lock("report.md", wait=0):
                 pass
-            cli = subprocess.run([sys.executable, "-m", "agentfs", "locks", "--store", url, "research", "--json"],
-                                 capture_output=True, text=True, cwd=str(REPO), timeout=60)
-            rows = json.loads(cli.stdout)
-            assert [(r["path"], r["holders"][0]["agent"]) for r in rows] == [("report.md", "bot")]
+            rows = LeaseStore(human.store, "research").list()  # what `agentfs locks` lists
+            assert [(r.path, r.holders[0].agent) for r in rows] == [("report.md", "bot")]
             with human.lock("other.md", wait=0):
                 e = await err(c, "lock_acquire", path="other.md")
                 assert "EWOULDBLOCK" in e or "EAGAIN" in e, e
@@ -335,3 +334,47 @@ async def _eventually_held(c: Client, path: str, timeout: float = 20.0) -> bool:
             await anyio.sleep(0.05)
         return True
     return False
+
+
+def test_a_racing_writer_is_never_overwritten(tmp_path: Path) -> None:
+    """A writer that commits between an edit's read and its upload wins; the edit
+    fails (ESTALE) and its bytes are kept in a conflict copy."""
+    from agentfs.errors import ConflictError
+
+    url = f"file://{tmp_path}/store"
+    with McpApp(agentfs.open_workspace(url, "ws", agent="bot")) as app, \
+            agentfs.open_workspace(url, "ws", agent="racer") as racer:
+        app.client.write_bytes("a.txt", b"base\n")
+
+        def edit(current: bytes) -> bytes:
+            racer.write_bytes("a.txt", b"racer\n")
+            return current + b"mine\n"
+
+        with pytest.raises(ConflictError) as exc:
+            app.files.replace("a.txt", b"", None, edit=edit)
+        assert racer.read_bytes("a.txt") == b"racer\n"
+        assert racer.read_bytes(exc.value.copy) == b"base\nmine\n"
+    assert_clean(url)
+
+
+def test_sigterm_gives_the_locks_back(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/store"
+    with agentfs.open_workspace(url, "ws", agent="human") as human:
+        human.write_bytes("a.txt", b"a")
+
+        async def main() -> None:
+            async with stdio_session(url, "ws", "--lease-ttl", "600") as c:
+                lk = await ok(c, "lock_acquire", path="a.txt")
+                pid = lk["holders"][0]["pid"]
+                assert pid != os.getpid()
+                os.kill(pid, signal.SIGTERM)  # the server this session spawned
+                with anyio.fail_after(20):
+                    while True:
+                        try:
+                            with human.lock("a.txt", wait=0):
+                                return  # given back long before the 600 s TTL
+                        except WouldBlock:
+                            await anyio.sleep(0.05)
+
+        run(main)
+    assert_clean(url)
