@@ -378,3 +378,26 @@ def test_sigterm_gives_the_locks_back(tmp_path: Path) -> None:
 
         run(main)
     assert_clean(url)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["nosuch"], 2, "no such workspace"),
+    (["ws/a.txt"], 64, "a workspace, not a path"),
+    (["ws", "--max-read-bytes", "0"], 64, "must be positive"),
+    (["ws", "--log-level", "loud"], 64, "bad --log-level"),
+])
+def test_cli_refuses_bad_targets_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str], args: list[str], code: int,
+                                             words: str) -> None:
+    from agentfs.cli import main
+
+    url = f"file://{tmp_path}/store"
+    with agentfs.open_workspace(url, "ws") as w:
+        w.write_bytes("a.txt", b"a")
+    monkeypatch.setenv("AGENTFS_AGENT", "t")  # restored afterwards (the command sets it for the session)
+    monkeypatch.setattr(sys, "argv", ["agentfs", "mcp", "--store", url, *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err_text = capsys.readouterr().err.strip()
+    assert exc.value.code == code, err_text
+    assert err_text.startswith("agentfs: ") and words in err_text.lower() and "\n" not in err_text, err_text
