@@ -121,6 +121,21 @@ class FileInfo(BaseModel):
     target: str | None
 
 
+class Tree(BaseModel):
+    name: str
+    kind: Literal["file", "dir", "symlink"]
+    children: list[Tree] | None = None
+
+
+class FileError(BaseModel):
+    path: str
+    error: str
+
+
+class MultiRead(BaseModel):
+    files: list[FileContent | FileError]
+
+
 class Matches(BaseModel):
     paths: list[str]
 
@@ -270,15 +285,58 @@ class WorkspaceTools:
                                                     size=e.size) for e in entries])
 
     @mapped
-    def search_files(self, pattern: str, path: str = "",
-                     exclude_patterns: list[str] | None = None) -> Matches:
-        """Paths below ``path`` whose workspace path or name matches the glob ``pattern`` (``**/*.md``, ``*.csv``)."""
+    def list_directory_with_sizes(self, path: str = "", sortBy: Literal["name", "size"] = "name"  # the reference name
+                                  ) -> Listing:
+        """List a directory with sizes, sorted by name or by size (largest first)."""
+        listing = self.list_directory(path)
+        if sortBy == "size":
+            listing.entries.sort(key=lambda e: -e.size)
+        return listing
+
+    @mapped
+    def directory_tree(self, path: str = "") -> Tree:
+        """The tree below a directory as nested entries (name, kind, children)."""
         path = clean_path(path, allow_root=True)
-        excludes = exclude_patterns or []
-        out = []
-        for st in self.c.walk(path):
+        if self.c.stat(path).kind != "dir":
+            raise InvalidArgument("not a directory", path=path)
+        root = Tree(name=path.rpartition("/")[2], kind="dir", children=[])
+        nodes = {path: root}
+        for st in self.c.walk(path):  # parents first
+            node = Tree(name=st.path.rpartition("/")[2], kind=st.kind,  # type: ignore[arg-type]
+                        children=[] if st.kind == "dir" else None)
+            nodes[st.path] = node
+            parent = nodes[st.path.rpartition("/")[0]]
+            assert parent.children is not None
+            parent.children.append(node)
+        return root
+
+    @mapped
+    def read_multiple_files(self, paths: list[str]) -> MultiRead:
+        """Read several text files at once; a file that fails carries its error instead of failing the call."""
+        out: list[FileContent | FileError] = []
+        for p in paths:
+            try:
+                out.append(self.read_text_file(p, head=None, tail=None, max_bytes=None))
+            except ToolError as e:
+                out.append(FileError(path=p, error=str(e)))
+        return MultiRead(files=out)
+
+    @mapped
+    def search_files(self, pattern: str, path: str = "",
+                     excludePatterns: list[str] | None = None) -> Matches:  # the reference server's name
+        """Paths below ``path`` whose workspace path or name matches the glob ``pattern`` (``**/*.md``, ``*.csv``);
+        ``excludePatterns`` drop matching paths and the trees of matching directories."""
+        path = clean_path(path, allow_root=True)
+        excludes = excludePatterns or []
+        out: list[str] = []
+        skipped: list[str] = []
+        for st in self.c.walk(path):  # parents first: an excluded directory's subtree is skipped
             name = st.path.rpartition("/")[2]
+            if any(st.path.startswith(d + "/") for d in skipped):
+                continue
             if any(fnmatch.fnmatch(st.path, x) or fnmatch.fnmatch(name, x) for x in excludes):
+                if st.kind == "dir":
+                    skipped.append(st.path)
                 continue
             if fnmatch.fnmatch(st.path, pattern) or fnmatch.fnmatch(name, pattern):
                 out.append(st.path)
@@ -411,7 +469,8 @@ def _tail_lines(f: Any, size: int, n: int, limit: int) -> tuple[bytes, bool]:
     return b"".join(lines[-n:] if n else []), cut
 
 
-READ_TOOLS = ("read_text_file", "read_media_file", "list_directory", "search_files", "get_file_info")
+READ_TOOLS = ("read_text_file", "read_media_file", "read_multiple_files", "list_directory",
+              "list_directory_with_sizes", "directory_tree", "search_files", "get_file_info")
 WRITE_TOOLS = {"write_file": (True, False), "edit_file": (True, False), "create_directory": (False, True),
                "move_file": (True, False)}
 

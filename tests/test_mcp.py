@@ -401,3 +401,31 @@ def test_cli_refuses_bad_targets_and_options(tmp_path: Path, monkeypatch: pytest
     err_text = capsys.readouterr().err.strip()
     assert exc.value.code == code, err_text
     assert err_text.startswith("agentfs: ") and words in err_text.lower() and "\n" not in err_text, err_text
+
+
+def test_reference_server_tools(tmp_path: Path) -> None:
+    """The reference filesystem server's listing and multi-read tools, by name and argument shape."""
+    url = f"file://{tmp_path}/store"
+
+    async def main() -> None:
+        async with inproc(url) as (c, app):
+            app.client.mkdir("docs/old", parents=True)
+            app.client.write_bytes("docs/a.md", b"aaaa")
+            app.client.write_bytes("docs/old/b.md", b"b")
+            app.client.write_bytes("big.csv", b"x" * 10)
+            tree = await ok(c, "directory_tree")
+            docs = next(t for t in tree["children"] if t["name"] == "docs")
+            assert sorted((t["name"], t["kind"]) for t in docs["children"]) == [("a.md", "file"), ("old", "dir")]
+            old = next(t for t in docs["children"] if t["name"] == "old")
+            assert [t["name"] for t in old["children"]] == ["b.md"]
+            by_size = await ok(c, "list_directory_with_sizes", path="", sortBy="size")
+            assert [e["name"] for e in by_size["entries"]] == ["big.csv", "docs"]
+            found = await ok(c, "search_files", pattern="*.md", excludePatterns=["old"])
+            assert found["paths"] == ["docs/a.md"]
+            multi = await ok(c, "read_multiple_files", paths=["docs/a.md", "nope.md", "../x"])
+            assert multi["files"][0]["content"] == "aaaa"
+            assert "ENOENT" in multi["files"][1]["error"] and "EINVAL" in multi["files"][2]["error"]
+            assert "EINVAL" in await err(c, "directory_tree", path="big.csv")
+
+    run(main)
+    assert_clean(url)
