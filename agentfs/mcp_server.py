@@ -26,15 +26,14 @@ lease TTL if the process is killed).
 from __future__ import annotations
 
 import base64
-import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import fnmatch
 import functools
 import logging
 import mimetypes
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
@@ -71,6 +70,8 @@ class McpSettings(BaseModel):
 
     read_only: bool = False
     max_read_bytes: int = Field(default=DEFAULT_MAX_READ, ge=1)
+    #: attribute changes to the MCP client's ``clientInfo.name`` (when no agent was given)
+    agent_from_client: bool = False
 
 
 # -- results (structured output of the tools) -----------------------------------------
@@ -212,9 +213,6 @@ class WorkspaceTools:
     def __init__(self, client: WorkspaceClient, settings: McpSettings) -> None:
         self.c = client
         self.s = settings
-        # path -> the entered lease context of WorkspaceClient.lock (held across tool calls)
-        self._locks: dict[str, contextlib.AbstractContextManager[None]] = {}
-        self._locks_mu = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -488,8 +486,10 @@ class McpApp:
 
         self.client = client
         self.settings = settings or McpSettings()
+        self._name_pending = self.settings.agent_from_client
         self.server: MCPServer = MCPServer(
-            "agentfs", version=__version__,
+            "agentfs", version=__version__, log_level="WARNING",
+            middleware=[self._name_the_agent] if self.settings.agent_from_client else [],
             instructions=(f"Files of the agentfs workspace '{client.name}'. Paths are relative to the "
                           "workspace. Reads return a version; pass it as if_version to write_file/edit_file "
                           "to refuse lost updates. lock_acquire takes a lease other agents and mounts respect."))
@@ -506,6 +506,18 @@ class McpApp:
         for name, (fn, destructive, idempotent) in self.coord.write_tools().items():
             self.server.add_tool(fn, name=name, annotations=_changes(destructive, idempotent))
 
+    async def _name_the_agent(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Middleware: the first request that carries the client's ``clientInfo``
+        names the agent of every later change (before any tool runs)."""
+        if self._name_pending:
+            params = ctx.session.client_params
+            name = _agent_name(params.client_info.name if params is not None else "")
+            if name:
+                self.client.caller = dataclasses.replace(self.client.caller, agent=name)
+                self._name_pending = False
+                log.info("agent: %s (the client's name)", name)
+        return await call_next(ctx)
+
     def close(self) -> None:
         """Release this session's locks, then close the client (idempotent)."""
         try:
@@ -520,6 +532,11 @@ class McpApp:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _agent_name(raw: str) -> str:
+    """A client-supplied name made fit for the journal: printable, one line, at most 64 characters."""
+    return "".join(ch for ch in raw if ch.isprintable()).strip()[:64]
 
 
 def serve_stdio(client: WorkspaceClient, settings: McpSettings | None = None) -> None:

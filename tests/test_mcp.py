@@ -429,3 +429,26 @@ def test_reference_server_tools(tmp_path: Path) -> None:
 
     run(main)
     assert_clean(url)
+
+
+def test_changes_are_attributed_to_the_client_by_default(tmp_path: Path) -> None:
+    from mcp.types import Implementation
+
+    url = f"file://{tmp_path}/store"
+
+    async def main() -> None:
+        app = McpApp(agentfs.open_workspace(url, "ws"), McpSettings(agent_from_client=True))
+        try:
+            async with Client(app.server, client_info=Implementation(name="claude-code\n", version="1")) as c:
+                await ok(c, "write_file", path="a.md", content="a")
+                st = await ok(c, "request_review", path="a.md", note="look")
+                assert st["state"]["updated_by"] == "claude-code"
+                lk = await ok(c, "lock_acquire", path="a.md")
+                assert lk["holders"][0]["agent"] == "claude-code"
+                rows = (await ok(c, "log_query", path="a.md"))["records"]
+                assert rows and {r["agent"] for r in rows} == {"claude-code"}, rows
+        finally:
+            app.close()
+
+    run(main)
+    assert_clean(url)

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     def mcp_cmd(
         target: Annotated[str, typer.Argument(help="[STORE_URL/]WORKSPACE (ws alone: the embedded store)")],
         agent: Annotated[str, typer.Option(help="Agent name recorded for changes (default: $AGENTFS_AGENT, "
-                                                "then 'mcp')")] = "",
+                                                "then the MCP client's name)")] = "",
         read_only: Annotated[bool, typer.Option("--read-only", help="Serve only the reading tools")] = False,
         create: Annotated[bool, typer.Option("--create", help="Create the workspace if it does not exist")] = False,
         max_read_bytes: Annotated[int, typer.Option(help="Largest read one tool call returns (bytes)")] = 1 << 20,
@@ -47,11 +47,13 @@ def register(app: typer.Typer) -> None:
         logging.getLogger().setLevel(level)
         if max_read_bytes < 1:
             raise InvalidArgument("--max-read-bytes must be positive")
-        settings = McpSettings(read_only=read_only, max_read_bytes=max_read_bytes)
+        named = agent or os.environ.get("AGENTFS_AGENT", "")
+        settings = McpSettings(read_only=read_only, max_read_bytes=max_read_bytes, agent_from_client=not named)
         t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
         if not t.workspace or t.path:
             raise InvalidArgument("expected [STORE_URL/]WORKSPACE (a workspace, not a path in it)", path=target)
-        # the identity of every change this session makes (Caller reads the environment first)
-        os.environ["AGENTFS_AGENT"] = agent or os.environ.get("AGENTFS_AGENT") or "mcp"
+        # the identity of every change this session makes (Caller reads the environment first);
+        # without one, the client's clientInfo.name replaces "mcp" at its first request
+        os.environ["AGENTFS_AGENT"] = named or "mcp"
         client = WorkspaceClient(t.store, t.workspace, create=create and not read_only, lease_ttl=lease_ttl)
         serve_stdio(client, settings)
