@@ -230,6 +230,8 @@ class WorkspaceTools:
         if head is None and tail is None and max_bytes is None and st.size > limit:
             raise TooBig(f"file is {st.size} bytes, over the read limit of {limit}: "
                          "pass head, tail or max_bytes", path=path)
+        if head is None and tail is None and st.size <= limit:
+            return self.c.read_bytes(path), False  # one call for the common case
         with self.c.open(path, "rb") as f:
             if tail is not None:
                 return _tail_lines(f, st.size, tail, limit)
@@ -278,7 +280,8 @@ class WorkspaceTools:
         st = self.c.stat(path)
         if st.kind != "dir":
             raise InvalidArgument("not a directory", path=path)
-        entries = [self.c.stat(f"{path}/{n}" if path else n) for n in sorted(self.c.listdir(path))]
+        # one walk of the in-memory namespace, not one stat call per entry
+        entries = sorted((e for e in self.c.walk(path) if e.path.rpartition("/")[0] == path), key=lambda e: e.path)
         return Listing(path=path, entries=[DirEntry(name=e.path.rpartition("/")[2], kind=e.kind,  # type: ignore[arg-type]
                                                     size=e.size) for e in entries])
 
