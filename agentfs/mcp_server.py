@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from agentfs.api import FileStat, WorkspaceClient
 from agentfs.errors import (
     AgentFSError,
+    AlreadyExists,
     InvalidArgument,
     IsADirectory,
     NotFound,
@@ -208,7 +209,11 @@ def _changes(destructive: bool, idempotent: bool) -> ToolAnnotations:
 
 
 class WorkspaceTools:
-    """The tools over one :class:`WorkspaceClient` (which the caller owns and closes)."""
+    """The file tools over one :class:`WorkspaceClient` (which the caller owns and closes).
+
+    Each method is one MCP tool: it raises :class:`ToolError` (through
+    :func:`mapped`) for every project error.  Stateless apart from the client, so
+    concurrent calls from the SDK's worker threads are as safe as the client's."""
 
     def __init__(self, client: WorkspaceClient, settings: McpSettings) -> None:
         self.c = client
@@ -446,13 +451,12 @@ class WorkspaceTools:
     def move_file(self, source: str, destination: str) -> FileInfo:
         """Rename a file or directory within the workspace (atomic; fails if the destination exists)."""
         src, dst = clean_path(source), clean_path(destination)
-        if self.c.exists(dst):
-            from agentfs.errors import AlreadyExists
+        if self.c.exists(dst):  # the reference server's rule: a move never replaces
             raise AlreadyExists(path=dst)
         self.c.rename(src, dst)
         return self.get_file_info(dst)
 
-    # -- locks, state, checkpoints, log: see register_coordination ------------------------
+    # locks, state, checkpoints and the log: agentfs.mcp_coord.CoordinationTools
 
 
 def _tail_lines(f: Any, size: int, n: int, limit: int) -> tuple[bytes, bool]:
