@@ -141,7 +141,10 @@ class CoordinationTools:
                                       "(lock_release first)", path=path)
         cm = self.c.lock(path, shared=mode == "shared", wait=wait_s)
         cm.__enter__()  # held across tool calls: exited by lock_release or at session end
+        with self._mu:
+            self._held[path] = (cm, mode, 0)  # recorded first: a failing read below must not leak it
         lease = self._lease(path) or {}
+        # this process's newest hold is the one just taken (tokens only grow)
         mine = [h for h in lease.get("holders", []) if h["pid"] == os.getpid() and h["host"] == HOSTNAME]
         token = max((h["token"] for h in mine), default=0)
         with self._mu:
