@@ -101,6 +101,7 @@ class CoordinationTools:
         self.c = client
         self.files = files
         self._held: dict[str, tuple[contextlib.AbstractContextManager[None], str, int]] = {}
+        self._pending: set[str] = set()
         self._mu = threading.Lock()
 
     def read_tools(self) -> dict[str, tuple[Callable[..., Any]]]:
@@ -136,19 +137,25 @@ class CoordinationTools:
         path = clean_path(path)
         self.c.stat(path)  # like flock(1): the file must exist (NotFound otherwise)
         with self._mu:
-            if path in self._held:
-                raise InvalidArgument(f"this session already holds a {self._held[path][1]} lock on it "
+            if path in self._held or path in self._pending:
+                raise InvalidArgument("this session already holds or is taking a lock on it "
                                       "(lock_release first)", path=path)
-        cm = self.c.lock(path, shared=mode == "shared", wait=wait_s)
-        cm.__enter__()  # held across tool calls: exited by lock_release or at session end
-        with self._mu:
-            self._held[path] = (cm, mode, 0)  # recorded first: a failing read below must not leak it
+            self._pending.add(path)  # one acquisition per path at a time, even from parallel calls
+        try:
+            cm = self.c.lock(path, shared=mode == "shared", wait=wait_s)
+            cm.__enter__()  # held across tool calls: exited by lock_release or at session end
+            with self._mu:
+                self._held[path] = (cm, mode, 0)  # recorded first: a failing read below must not leak it
+        finally:
+            with self._mu:
+                self._pending.discard(path)
         lease = self._lease(path) or {}
         # this process's newest hold is the one just taken (tokens only grow)
         mine = [h for h in lease.get("holders", []) if h["pid"] == os.getpid() and h["host"] == HOSTNAME]
         token = max((h["token"] for h in mine), default=0)
         with self._mu:
-            self._held[path] = (cm, mode, token)
+            if path in self._held:
+                self._held[path] = (cm, mode, token)
         return LockInfo(path=path, held_by_this_session=True, mode=mode, token=token,
                         holders=lease.get("holders", []))
 
