@@ -133,7 +133,7 @@ class CoordinationTools:
                                            description="seconds to wait for the lock (0: fail at once)")
                      ) -> LockInfo:
         """Take a lease on a file (flock semantics across mounts, CLI and MCP sessions); held until
-        lock_release or the end of this session.  A lock held elsewhere is an EWOULDBLOCK error naming the holder."""
+        lock_release or the end of this session.  A lock held elsewhere is an EAGAIN (EWOULDBLOCK) error naming the holder."""
         path = clean_path(path)
         self.c.stat(path)  # like flock(1): the file must exist (NotFound otherwise)
         with self._mu:
