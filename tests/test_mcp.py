@@ -1,11 +1,13 @@
 """``agentfs mcp``: real MCP sessions against the server.
 
-One session spawns ``agentfs mcp`` and talks to it over stdio with the SDK's
-client (files, optimistic versions, locks against the Python API and the
-CLI, state, checkpoints, the audit log, locks released when the session
-ends); the others use the SDK's in-process client on the same server object
-(bad input of every tool family, bounded reads, read-only mode, moto S3).
-Every store must check clean afterwards.
+Two sessions spawn ``agentfs mcp`` and talk to it over stdio with the SDK's
+client: every tool family (files, optimistic versions, locks against the
+Python API, state, checkpoints, the audit log; locks given back when the
+session ends), and a server stopped by SIGTERM giving its locks back.  The
+others use the SDK's in-process client on the same server object: bad input,
+bounded reads, read-only mode, attribution, a racing writer, the reference
+server's tools, and a session beside a real mount (locks against
+``agentfs lock`` and ``agentfs.lock()`` there).  Every store checks clean.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def test_stdio_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                           if_version=v1)
             assert "-draft" in ed["diff"] and "+final" in ed["diff"] and ed["version"] != v1
             assert human.read_bytes("report.md") == b"# report\nfinal\n"
+            assert human.stat("report.md").etag == ed["version"]  # the version is the store's etag
             human.write_bytes("report.md", b"# report\nhuman edit\n")
             e = await err(c, "write_file", path="report.md", content="lost?", if_version=ed["version"])
             assert e.startswith("Error executing tool write_file: ESTALE") and "by human" in e, e
@@ -267,24 +270,6 @@ def app_bytes(url: str, path: str) -> bytes:
     with agentfs.open_workspace(url, "ws", create=False) as ws:
         return ws.read_bytes(path)
 
-
-def test_s3_lock_and_write(s3_url: str) -> None:
-    """On moto S3: an MCP lock excludes the API's, and an MCP write is what the API reads."""
-    async def main() -> None:
-        async with inproc(s3_url) as (c, _):
-            w = await ok(c, "write_file", path="task.md", content="todo\n")
-            with agentfs.open_workspace(s3_url, "ws", agent="other") as other:
-                assert other.read_bytes("task.md") == b"todo\n"
-                assert other.stat("task.md").etag == w["version"]
-                await ok(c, "lock_acquire", path="task.md")
-                with pytest.raises(WouldBlock), other.lock("task.md", wait=0):
-                    pass
-                await ok(c, "lock_release", path="task.md")
-                with other.lock("task.md", wait=0):
-                    pass
-
-    run(main)
-    assert_clean(s3_url)
 
 
 # -- a real mount: the MCP session and a mounted agent share files and locks -----------------------
