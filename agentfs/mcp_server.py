@@ -456,6 +456,30 @@ class WorkspaceTools:
         self.c.rename(src, dst)
         return self.get_file_info(dst)
 
+    def read_resource(self, path: str) -> str:
+        """The resource ``agentfs://WORKSPACE/PATH``: a UTF-8 text file, bounded by the
+        read limit (the SDK gives a template one MIME type, so binary files are
+        refused with a pointer to ``read_media_file``).  Errors are the SDK's
+        ``ResourceError`` (``ResourceNotFoundError`` for a missing file), which the
+        client gets as a protocol error carrying the project's message."""
+        from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+
+        try:
+            path = clean_path(path)
+            st = self._file(path)
+            if st.size > self.s.max_read_bytes:
+                raise TooBig(f"file is {st.size} bytes, over the read limit of {self.s.max_read_bytes}",
+                             path=path)
+            data = self.c.read_bytes(path)
+        except NotFound as e:
+            raise ResourceNotFoundError(str(tool_error(e))) from None
+        except OSError as e:
+            raise ResourceError(str(tool_error(e))) from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ResourceError(f"EINVAL: not a UTF-8 text file (use the read_media_file tool): {path}") from None
+
     # locks, state, checkpoints and the log: agentfs.mcp_coord.CoordinationTools
 
 
@@ -504,6 +528,9 @@ class McpApp:
         self.coord = CoordinationTools(client, self.files)
         for name in READ_TOOLS:
             self.server.add_tool(getattr(self.files, name), annotations=_READ)
+        self.server.resource(f"agentfs://{client.name}/{{+path}}", name="file",
+                             description=f"A text file of workspace {client.name}", mime_type="text/plain"
+                             )(self.files.read_resource)
         for name, (fn,) in self.coord.read_tools().items():
             self.server.add_tool(fn, name=name, annotations=_READ)
         if self.settings.read_only:

@@ -424,3 +424,28 @@ def test_changes_are_attributed_to_the_client_by_default(tmp_path: Path) -> None
 
     run(main)
     assert_clean(url)
+
+
+def test_files_are_resources(tmp_path: Path) -> None:
+    from mcp import MCPError
+
+    url = f"file://{tmp_path}/store"
+
+    async def main() -> None:
+        async with inproc(url, max_read_bytes=100) as (c, app):
+            app.client.mkdir("d")
+            app.client.write_bytes("d/a.md", b"hello")
+            app.client.write_bytes("b.bin", b"\xff\x00")
+            app.client.write_bytes("big.txt", b"x" * 200)
+            templates = (await c.list_resource_templates()).resource_templates
+            assert [t.uri_template for t in templates] == ["agentfs://ws/{+path}"]
+            got = await c.read_resource("agentfs://ws/d/a.md")
+            assert got.contents[0].text == "hello"  # type: ignore[union-attr]
+            for uri, words in (("agentfs://ws/nope", "ENOENT"), ("agentfs://ws/d/%2e%2e/x", "EINVAL"),
+                               ("agentfs://ws/b.bin", "read_media_file"), ("agentfs://ws/big.txt", "E2BIG")):
+                with pytest.raises(MCPError) as exc:
+                    await c.read_resource(uri)
+                assert words in str(exc.value), (uri, exc.value)
+
+    run(main)
+    assert_clean(url)
