@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, localmounts, openmarks
+from agentfs import agentstate, checkpoints, handover, localmounts, openmarks
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -107,6 +107,9 @@ class WorkspaceClient:
             self._ready.set()
             return
         self.ws.fence = functools.partial(self._leases.fence, self.name)  # locks
+        ws = self.ws
+        self._leases.before_release = lambda _name: handover.settle(ws)  # locks hand over data
+        self._leases.after_acquire = lambda _name, path, seq: handover.catch_up(ws, path, seq)
         self._ready.set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._leases.heartbeat)
@@ -494,6 +497,8 @@ class WorkspaceClient:
                 break
             except WouldBlock:
                 if deadline is not None and time.monotonic() >= deadline:
+                    with contextlib.suppress(NoAttribute):  # a waiter that gives up leaves at once
+                        self._run(lambda: self._leases.release(self.name, path, self.caller))
                     raise
                 left = None if deadline is None else deadline - time.monotonic()
                 time.sleep(delay if left is None else max(0.0, min(delay, left)))

@@ -54,17 +54,14 @@ the store); ``LeaseManager`` runs in the mount's trio thread.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import functools
 import hashlib
 import json
 import logging
-import os
 import random
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -79,7 +76,6 @@ from agentfs.errors import (
     InvalidArgument,
     NoAttribute,
     NotFound,
-    NotSupported,
     PreconditionFailed,
     WouldBlock,
 )
@@ -91,12 +87,11 @@ from agentfs.store.base import ObjectStore
 __all__ = [
     "DEFAULT_TTL",
     "LOCK_XATTR",
-    "FileLock",
+    "WAITER_TTL",
     "LeaseManager",
     "LeaseStore",
     "Who",
     "lease_key",
-    "lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +103,10 @@ DEFAULT_TTL = 30.0
 MODES = ("shared", "exclusive")
 #: Compare-and-swap attempts before a lease counts as too contended (EBUSY).
 CAS_ATTEMPTS = 50
+#: Seconds a waiter registration lives unless its locker tries again: a
+#: locker that gave up, was interrupted or killed stops blocking others
+#: within this time even when it could not say so.
+WAITER_TTL = 3.0
 
 T = TypeVar("T")
 
@@ -119,15 +118,20 @@ def lease_key(ws: str, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Who:
-    """A lease holder's identity: one process of one mount (or CLI client)."""
+    """A lease holder's identity: one process of one mount (or CLI client), or,
+    with ``kernel``, a mount holding the lease for the flock/fcntl locks of its
+    processes (``pid`` then names the process that took it, for display)."""
 
     agent: str
     host: str
     mount: str
     pid: int | None
+    kernel: bool = False
 
     def owns(self, h: LeaseHolder | LeaseWaiter) -> bool:
-        return h.mount == self.mount and h.pid == self.pid
+        if self.kernel:
+            return h.mount == self.mount and h.kernel
+        return h.mount == self.mount and h.pid == self.pid and not h.kernel
 
 
 def _describe(h: LeaseHolder) -> str:
@@ -145,6 +149,10 @@ class LeaseStore:
         self.ws = ws
         self.clock = clock
         self.prefix = f"{workspace_prefix(ws)}locks/"
+        #: the last version of each lease this process read or wrote: a
+        #: change tries it first, so an uncontended lock costs one request.
+        self._known: dict[str, tuple[str, Lease]] = {}
+        self._known_lock = threading.Lock()
 
     def _parse(self, key: str, raw: bytes) -> Lease:
         try:
@@ -168,42 +176,77 @@ class LeaseStore:
                 raw = self.store.get(key, if_match=info.etag)
             except (NotFound, PreconditionFailed):
                 continue  # replaced between head and get
-            return self._parse(key, raw), info.etag
+            lease = self._parse(key, raw)
+            self._remember(path, info.etag, lease)
+            return lease, info.etag
         raise Busy("lease keeps changing", path=path)
+
+    def _remember(self, path: str, etag: str | None, lease: Lease | None) -> None:
+        with self._known_lock:
+            if etag is None or lease is None:
+                self._known.pop(path, None)
+            else:
+                self._known[path] = (etag, lease)
+
+    def _guess(self, path: str) -> tuple[Lease | None, str | None]:
+        with self._known_lock:
+            etag, lease = self._known.get(path, (None, None))
+        return (lease.model_copy(deep=True) if lease is not None else None), etag
 
     def _update(self, path: str, fn: Callable[[Lease | None, float], tuple[Lease | None, Any]]) -> Any:
         """Compare-and-swap loop: ``fn(lease, now)`` returns (new lease or None
         for no write, result).  A result that is an exception is raised after
-        the write (a waiter registration that still answers EWOULDBLOCK)."""
+        the write (a waiter registration that still answers EWOULDBLOCK).
+
+        The first attempt starts from the version this process saw last: when
+        it is still current the change is one conditional put; a decision not
+        to write is only taken on a fresh read."""
         key = lease_key(self.ws, path)
+        lease, etag = self._guess(path)
+        fresh = etag is None
         for attempt in range(CAS_ATTEMPTS):
-            lease, etag = self.read(path)
-            now = self.clock()
-            new, result = fn(lease, now)
+            if not fresh:
+                new, result = fn(lease, self.clock())
+                if new is None:  # a refusal is never taken on a remembered version
+                    fresh = True
+            if fresh:
+                lease, etag = self.read(path)
+                new, result = fn(lease, self.clock())
+            fresh = True
             if new is not None:
-                new.updated = now
+                new.updated = self.clock()
                 data = new.model_dump_json().encode()
                 try:
                     if etag is None:
-                        self.store.put(key, data, if_absent=True)
+                        info = self.store.put(key, data, if_absent=True)
                     else:
-                        self.store.put(key, data, if_match=etag)
+                        info = self.store.put(key, data, if_match=etag)
                 except PreconditionFailed:
-                    time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                    self._remember(path, None, None)
+                    time.sleep(random.uniform(0, 0.01 * attempt))
                     continue
+                self._remember(path, info.etag, new)
             if isinstance(result, BaseException):
                 raise result
             return result
         raise Busy("lease is too contended", path=path)
 
     def acquire(self, path: str, mode: str, who: Who, ttl: float, *, wait: bool = False) -> int:
-        """Take the lease of ``path`` for ``who``; returns the new fencing token.
+        """Take the lease of ``path`` for ``who``; returns the new fencing token (see :meth:`take`)."""
+        return self.take(path, mode, who, ttl, wait=wait)[0]
+
+    def take(self, path: str, mode: str, who: Who, ttl: float, *, wait: bool = False,
+             seq: int = 0) -> tuple[int, int]:
+        """Take the lease of ``path`` for ``who``: (new fencing token, the
+        journal position the last releaser recorded).
 
         Raises WouldBlock when it is held incompatibly (or, for a shared
         locker, while an exclusive locker waits).  With ``wait`` a blocked
-        exclusive locker registers as a waiter (callers retry).  A holder that
-        asks again (or for the other mode) gets a new token; conversion is not
-        atomic with respect to a waiting exclusive locker, as with flock(2).
+        exclusive locker registers as a waiter for :data:`WAITER_TTL` seconds
+        (callers retry, which renews it).  A holder that asks again (or for
+        the other mode) gets a new token; conversion is not atomic with
+        respect to a waiting exclusive locker, as with flock(2).  ``seq``: as
+        for :meth:`release` (a holder that downgrades hands over its writes).
         """
         if mode not in MODES:
             raise InvalidArgument(f"lock mode must be one of {', '.join(MODES)}", path=mode)
@@ -230,23 +273,57 @@ class LeaseStore:
                 err = WouldBlock(f"lock held by {what}", path=path)
                 if not (wait and mode == "exclusive"):
                     return None, err
+                expires = now + min(ttl, WAITER_TTL)
                 if mine is not None:
-                    mine.expires = now + ttl
+                    mine.expires = expires
                 else:
                     mine = LeaseWaiter(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid,
-                                       since=now, expires=now + ttl)
+                                       kernel=who.kernel, since=now, expires=expires)
                 lease.holders = live
                 lease.waiters = [*other_waiters, mine]
                 return lease, err
             token = lease.token + 1
             holder = LeaseHolder(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid, mode=mode,
-                                 token=token, acquired=now, expires=now + ttl)
+                                 kernel=who.kernel, token=token, acquired=now, expires=now + ttl)
             lease.holders = [*others, holder]
             lease.waiters = other_waiters
             lease.token = token
-            return lease, token
+            lease.seq = max(lease.seq, seq)
+            return lease, (token, lease.seq)
 
-        return self._update(path, fn)
+        result: tuple[int, int] = self._update(path, fn)
+        return result
+
+    def mark_cached(self, path: str, token: int, cached: bool, seq: int = 0) -> bool:
+        """Mark the holder with ``token`` as kept with no local lock (or not);
+        False when it no longer holds.  ``seq`` as for :meth:`release`."""
+        def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:
+            if lease is None:
+                return None, False
+            mine = next((h for h in lease.holders if h.token == token), None)
+            if mine is None:
+                return None, False
+            if mine.cached == cached and lease.seq >= seq:
+                return None, True
+            lease = lease.model_copy(deep=True)
+            for h in lease.holders:
+                if h.token == token:
+                    h.cached = cached
+            lease.seq = max(lease.seq, seq)
+            return lease, True
+
+        return bool(self._update(path, fn))
+
+    def leave(self, path: str, who: Who) -> bool:
+        """Drop ``who``'s waiter registration (a locker that gave up); False if it had none."""
+        def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:
+            if lease is None or not any(who.owns(w) for w in lease.waiters):
+                return None, False
+            lease = lease.model_copy(deep=True)
+            lease.waiters = [w for w in lease.waiters if not who.owns(w) and w.expires > now]
+            return lease, True
+
+        return bool(self._update(path, fn))
 
     def renew(self, path: str, token: int, ttl: float) -> bool:
         """Extend the holder with ``token``; False when it no longer holds (taken over, broken)."""
@@ -262,13 +339,18 @@ class LeaseStore:
 
         return self._update(path, fn)
 
-    def release(self, path: str, token: int) -> bool:
-        """Drop the holder with ``token`` (the object and its token stay); False if it was gone."""
+    def release(self, path: str, token: int, *, seq: int = 0) -> bool:
+        """Drop the holder with ``token`` (the object and its token stay); False if it was gone.
+
+        ``seq``: the releaser's journal position once its writes under the
+        lease are committed; the next holder catches up at least to it.
+        """
         def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:
             if lease is None or not any(h.token == token for h in lease.holders):
                 return None, False
             lease = lease.model_copy(deep=True)
             lease.holders = [h for h in lease.holders if h.token != token and h.expires > now]
+            lease.seq = max(lease.seq, seq)
             return lease, True
 
         return self._update(path, fn)
@@ -305,7 +387,7 @@ class LeaseStore:
             except CorruptRecord as e:
                 log.warning("%s", e)
                 continue
-            lease.holders = [h for h in lease.holders if h.expires > now]
+            lease.holders = [h for h in lease.holders if h.expires > now and not h.cached]
             if lease.holders or include_free:
                 out.append(lease)
         return sorted(out, key=lambda le: le.path)
@@ -320,7 +402,8 @@ def lease_json(lease: Lease, now: float | None = None) -> dict[str, Any]:
         "token": lease.token,
         "holders": [{"agent": h.agent, "host": h.host, "pid": h.pid, "mount": h.mount, "mode": h.mode,
                      "token": h.token, "acquired": round(h.acquired, 3), "expires": round(h.expires, 3),
-                     "expires_in": round(h.expires - now, 3)} for h in lease.holders],
+                     "expires_in": round(h.expires - now, 3), "kernel": h.kernel}
+                    for h in lease.holders if not h.cached],
         "waiters": [{"agent": w.agent, "host": w.host, "pid": w.pid, "since": round(w.since, 3)}
                     for w in lease.waiters if w.expires > now],
     }
@@ -430,14 +513,18 @@ class LeaseManager:
         self.limiter = limiter
         self.held: dict[tuple[str, str, int], Held] = {}
         self._stores: dict[str, LeaseStore] = {}
-        #: called with the workspace name before a lease is given back,
-        #: so the holder's deferred journal records are committed first (the next
-        #: holder must see its writes).  Set by the mount.
-        self.before_release: Callable[[str], Awaitable[None]] | None = None
+        #: called with the workspace name before a lease is given back, so the
+        #: holder's writes are committed first (the next holder must see them);
+        #: returns the journal position they are committed to.  Set by the mount.
+        self.before_release: Callable[[str], Awaitable[int]] | None = None
+        #: called with (workspace, path, the releaser's journal position) once a
+        #: lease is taken: the mount catches up before the locker goes on.
+        self.after_acquire: Callable[[str, str, int], Awaitable[None]] | None = None
 
-    async def _settle(self, ws: str) -> None:
+    async def _settle(self, ws: str) -> int:
         if self.before_release is not None:
-            await self.before_release(ws)
+            return await self.before_release(ws)
+        return 0
 
     def leases(self, ws: str) -> LeaseStore:
         ls = self._stores.get(ws)
@@ -461,20 +548,24 @@ class LeaseManager:
             raise InvalidArgument("break is handled by break_lock")
         pid = self._pid(caller)
         who = Who(agent=caller.agent or self.agent, host=HOSTNAME, mount=self.mount_id, pid=pid)
-        token = await self._io(self.leases(ws).acquire, path, mode, who, self.ttl, wait=wait)
+        token, seq = await self._io(self.leases(ws).take, path, mode, who, self.ttl, wait=wait)
         self.held[(ws, path, pid)] = Held(ws, path, pid, start_time(pid), token, mode)
         log.info("lease on %s/%s: %s for pid %d (%s), token %d", ws, path, mode, pid, who.agent, token)
+        if self.after_acquire is not None:
+            await self.after_acquire(ws, path, seq)
         return token
 
     async def release(self, ws: str, path: str, caller: Caller) -> None:
         """``removexattr user.agentfs.lock``: the calling process lets go (ENODATA if it held nothing)."""
         pid = self._pid(caller)
-        if (ws, path, pid) in self.held:
-            await self._settle(ws)
-        h = self.held.pop((ws, path, pid), None)
-        if h is None:
+        if (ws, path, pid) not in self.held:
+            who = Who(agent=caller.agent or self.agent, host=HOSTNAME, mount=self.mount_id, pid=pid)
+            if await self._io(self.leases(ws).leave, path, who):
+                return  # a waiter that gave up
             raise NoAttribute("this process holds no lease on the file", path=path)
-        if not await self._io(self.leases(ws).release, path, h.token):
+        seq = await self._settle(ws)
+        h = self.held.pop((ws, path, pid))
+        if not await self._io(self.leases(ws).release, path, h.token, seq=seq):
             log.warning("lease on %s/%s (token %d) was already taken over or broken", ws, path, h.token)
 
     async def on_close(self, ws: str, path: str | None, caller: Caller, still_open: list[Caller]) -> None:
@@ -488,19 +579,18 @@ class LeaseManager:
         h = self.held.get((ws, path, pid))
         if h is None or any(tgid_of(c.pid) == pid for c in still_open):
             return
-        if not h.lost:
-            await self._settle(ws)
+        seq = 0 if h.lost else await self._settle(ws)
         self.held.pop((ws, path, pid), None)
         if not h.lost:
             log.info("lease on %s/%s: pid %d closed the file; releasing", ws, path, pid)
-            await self._io(self.leases(ws).release, path, h.token)
+            await self._io(self.leases(ws).release, path, h.token, seq=seq)
 
     async def show(self, ws: str, path: str) -> bytes:
         """``getxattr user.agentfs.lock``: the live holders as JSON (ENODATA when free)."""
         lease, _ = await self._io(self.leases(ws).read, path)
         now = time.time()
-        if lease is not None:
-            lease.holders = [h for h in lease.holders if h.expires > now]
+        if lease is not None:  # a lease a mount only keeps cached is free to show
+            lease.holders = [h for h in lease.holders if h.expires > now and not h.cached]
         if lease is None or not lease.holders:
             raise NoAttribute("not locked", path=path)
         return json.dumps(lease_json(lease, now)).encode()
@@ -546,8 +636,8 @@ class LeaseManager:
                 continue
             log.info("lease on %s/%s: holder pid %d exited; releasing", h.ws, h.path, h.pid)
             try:
-                await self._settle(h.ws)
-                await self._io(self.leases(h.ws).release, h.path, h.token)
+                seq = await self._settle(h.ws)
+                await self._io(self.leases(h.ws).release, h.path, h.token, seq=seq)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s: %s (it expires after the TTL)", h.ws, h.path, e)
         if not renew:
@@ -589,156 +679,7 @@ class LeaseManager:
             if h.lost:
                 continue
             try:
-                await self._settle(h.ws)
-                await self._io(self.leases(h.ws).release, h.path, h.token)
+                seq = await self._settle(h.ws)
+                await self._io(self.leases(h.ws).release, h.path, h.token, seq=seq)
             except AgentFSError as e:
                 log.warning("releasing lease on %s/%s at unmount: %s", h.ws, h.path, e)
-
-
-# -- the client layer ---------------------------------------------------------------------
-
-
-def on_agentfs(path: str) -> bool:
-    """Is ``path`` on an agentfs FUSE mount (so leases apply)?"""
-    real = os.path.realpath(path)
-    best, fstype = "", ""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mp = left.split()[4].replace("\\040", " ")
-                if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
-                    best, fstype = mp, right.split()[0]
-    except OSError:
-        return False
-    return fstype == "fuse.agentfs"
-
-
-class FileLock:
-    """A kernel ``flock`` on ``path`` plus, on an agentfs mount, a lease in the store.
-
-    ``wait``: None blocks until acquired, 0 fails at once, otherwise seconds.
-    :meth:`acquire` raises WouldBlock when the lock is not obtained in time.
-    The lease belongs to this process: the mount renews it while the process
-    lives and releases it when it exits.  Not reentrant; one thread at a time.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, shared: bool = False, wait: float | None = None) -> None:
-        self.path = os.fspath(path)
-        self.shared = shared
-        self.wait = wait
-        self.fd = -1
-        self.leased = False
-
-    @property
-    def mode(self) -> str:
-        return "shared" if self.shared else "exclusive"
-
-    def _open(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY, 0o666)
-        except IsADirectoryError:
-            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def acquire(self) -> None:
-        if self.fd >= 0:
-            raise InvalidArgument("lock already held", path=self.path)
-        deadline = None if self.wait is None else time.monotonic() + self.wait
-        fd = self._open()
-        try:
-            self._kernel(fd, deadline)
-            if on_agentfs(self.path):
-                self._lease(deadline)
-        except BaseException:
-            os.close(fd)  # releases the kernel lock
-            raise
-        self.fd = fd
-
-    def _pause(self, deadline: float | None, delay: float) -> float:
-        if deadline is not None and time.monotonic() >= deadline:
-            # CLI review fixes: "an exclusive"; with wait=0 (-n) the lock is simply held.
-            article = "an" if self.mode == "exclusive" else "a"
-            why = "lock is held" if self.wait == 0 else f"not free within {self.wait:g}s"
-            raise WouldBlock(f"could not get {article} {self.mode} lock: {why}", path=self.path)
-        sleep = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-        time.sleep(sleep)
-        return min(delay * 1.5, 0.5)
-
-    def _kernel(self, fd: int, deadline: float | None) -> None:
-        op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
-        if deadline is None:
-            fcntl.flock(fd, op)
-            return
-        delay = 0.02
-        while True:
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                delay = self._pause(deadline, delay)
-
-    def _lease(self, deadline: float | None) -> None:
-        value = self.mode + ("" if self.shared or self.wait == 0 else " wait")
-        delay = 0.02
-        while True:
-            try:
-                os.setxattr(self.path, LOCK_XATTR, value.encode())
-                self.leased = True
-                return
-            except OSError as e:
-                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise NotSupported("no lease here: lock a file or directory inside a workspace",
-                                       path=self.path) from None
-                if e.errno not in (errno.EBUSY, errno.EWOULDBLOCK, errno.EAGAIN):  # EBUSY: see LeaseBusy
-                    raise
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WouldBlock(f"{self.mode} lock held elsewhere ({self._holder()})",
-                                     path=self.path) from None
-                delay = self._pause(deadline, delay)
-
-    def _holder(self) -> str:
-        info = self.info()
-        if not info or not info.get("holders"):
-            return "an exclusive locker is waiting"
-        return ", ".join(f"{h['agent']}@{h['host']} pid {h['pid']} token {h['token']}" for h in info["holders"])
-
-    def info(self) -> dict[str, Any] | None:
-        """The lease as the mount shows it (None when free or not on agentfs)."""
-        try:
-            return json.loads(os.getxattr(self.path, LOCK_XATTR))
-        except OSError:
-            return None
-
-    def release(self) -> None:
-        if self.fd < 0:
-            return
-        try:
-            if self.leased:
-                try:
-                    os.removexattr(self.path, LOCK_XATTR)
-                except OSError as e:
-                    log.warning("releasing the lease on %s: %s", self.path, e.strerror)
-        finally:
-            self.leased = False
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-@contextlib.contextmanager
-def lock(path: str | os.PathLike[str], shared: bool = False, wait: float | None = None) -> Iterator[FileLock]:
-    """``with agentfs.lock("/mnt/ws/task.md"):`` -- flock semantics on one mount
-    and across mounts (a lease); raises :class:`agentfs.errors.WouldBlock`
-    (``EWOULDBLOCK``) when not acquired within ``wait`` seconds (None: block)."""
-    fl = FileLock(path, shared=shared, wait=wait)
-    fl.acquire()
-    try:
-        yield fl
-    finally:
-        fl.release()

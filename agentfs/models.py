@@ -302,10 +302,15 @@ class LeaseHolder(_Model):
     host: str = ""
     mount: str = ""
     pid: int | None = None
+    #: held by a mount for its processes' flock/fcntl locks (agentfs/kernellocks.py)
+    kernel: bool = False
     mode: Literal["shared", "exclusive"]
     token: int = Field(ge=1)
     acquired: float
     expires: float
+    #: kept by its mount after the last local unlock (a hint: that mount
+    #: gives it back when another mount rings its doorbell, agentfs/kernellocks.py)
+    cached: bool = False
 
 
 class LeaseWaiter(_Model):
@@ -316,6 +321,7 @@ class LeaseWaiter(_Model):
     host: str = ""
     mount: str = ""
     pid: int | None = None
+    kernel: bool = False
     since: float
     expires: float
 
@@ -333,6 +339,9 @@ class Lease(_Versioned):
     holders: list[LeaseHolder] = Field(default_factory=list)
     waiters: list[LeaseWaiter] = Field(default_factory=list)
     updated: float = Field(default_factory=time.time)
+    #: the journal position the last releaser had committed its writes to:
+    #: the next holder's mount catches up at least to it (locks hand over data)
+    seq: int = Field(default=0, ge=0)
 
     @property
     def mode(self) -> str | None:

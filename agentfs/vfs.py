@@ -24,26 +24,38 @@ from pathlib import Path
 
 import trio
 
-from agentfs import agentstate, checkpoints, garbage, groupcommit, localmounts, openmarks, writeback
+from agentfs import (
+    agentstate,
+    checkpoints,
+    garbage,
+    groupcommit,
+    localmounts,
+    openmarks,
+    writeback,
+)
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
-    LeaseBusy,
     NoAttribute,
     NotFound,
     NotPermitted,
     NotSupported,
     ReadOnly,
-    WouldBlock,
 )
 from agentfs.identity import Caller
 from agentfs.journal import META, conditional_create_enforced
-from agentfs.locks import DEFAULT_TTL, LOCK_XATTR, LeaseManager, break_record, parse_lock_value
+from agentfs.kernellocks import KernelLocks
+from agentfs.locks import (
+    DEFAULT_TTL,
+    LOCK_XATTR,
+    LeaseManager,
+)
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
+from agentfs.vfslocks import LockRequests
 from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
 
 __all__ = ["CONTROL_PID", "CONTROL_SYNC", "FileSystem", "Notifier"]
@@ -86,7 +98,7 @@ class FileHandle:
     caller: Caller  # who opened it: flush/release carry no caller of their own
 
 
-class FileSystem:
+class FileSystem(LockRequests):
     """Every workspace of one store, as inodes."""
 
     def __init__(
@@ -101,6 +113,7 @@ class FileSystem:
         connections: int = 32,
         lease_ttl: float = DEFAULT_TTL,
         writeback_mode: bool = False,
+        kernel_locks: bool = True,
     ) -> None:
         self.store = store
         self.single = workspace
@@ -143,6 +156,14 @@ class FileSystem:
         #: whether the store refuses a second conditional create (probed at start)
         self.cas = True
         self.leases.before_release = self._flush_deferred_of
+        self.leases.after_acquire = self._caught_up_to
+        #: flock/fcntl locks passed by the binding, across mounts on leases
+        #: (None with --no-kernel-locks: the kernel keeps them to this mount)
+        self.kernel_locks: KernelLocks | None = None
+        if kernel_locks:
+            self.kernel_locks = KernelLocks(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
+                                            limiter=self.limiter, settle=self._settle_path,
+                                            catch_up=self._caught_up_to)
 
         #: checkpoints: the virtual ``.snapshots`` directory of each workspace
         self._snapdirs: dict[str, checkpoints.SnapshotsDir] = {}
@@ -207,7 +228,7 @@ class FileSystem:
             ws.ns.owner = ws
             await ws.load(create=create, verify=True)
             ws.on_change = self._on_change
-            ws.fence = functools.partial(self.leases.fence, name)  # locks
+            ws.fence = functools.partial(self._fence, name)  # locks
             ws.flusher = self.flusher  # closes do not wait for their journal record
             ws.garbage.collector = self.collector  # old keys deleted after the syscall
             ws.writeback = self.writeback  # --writeback queue (None: durable close)
@@ -471,6 +492,8 @@ class FileSystem:
             self._background.start_soon(self._release, h, True)
         else:
             await self._release(h, False)
+        if self.kernel_locks is not None:  # its flock and OFD locks go with it
+            await self.kernel_locks.release_fh(h.ws.name, h.of.node.ino, fh)
 
     async def _release(self, h: FileHandle, background: bool) -> None:
         try:
@@ -524,7 +547,8 @@ class FileSystem:
                 dirty = sum(1 for ws in self.workspaces.values() for of in ws.open_files.values() if of.dirty)
                 queued = self.writeback.pending if self.writeback is not None else 0
                 return (f'{{"mount": "{self.mount_id}", "dirty": {dirty}, "queued": {queued}, '
-                        f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}}}').encode()
+                        f'"store": "{self.store.url}", "conditional_creates": {str(self.cas).lower()}, '
+                        f'"kernel_locks": {str(self.kernel_locks is not None).lower()}}}').encode()
             raise NoAttribute(path=name)
         if self._is_top(ino):
             raise NoAttribute(path=name)
@@ -567,33 +591,6 @@ class FileSystem:
         node = self.node(ino)
         await self._ws(node).removexattr(node, name, caller)
 
-    # -- locks: user.agentfs.lock is a lease in the store, not a stored xattr --
-
-    async def _lock_xattr(self, ino: int, op: str, value: bytes, caller: Caller | None) -> bytes:
-        """get: the holders as JSON; set ``exclusive``/``shared`` [``wait``]: take
-        the lease for the calling process (EBUSY when held elsewhere, see LeaseBusy);
-        set ``break``: clear it (audited); remove: release the caller's lease."""
-        node = self.node(ino)
-        ws = self._ws(node)
-        path = ws._path(node)
-        if op == "get":
-            return await self.leases.show(ws.name, path)
-        assert caller is not None
-        if op == "remove":
-            await self.leases.release(ws.name, path, caller)
-            return b""
-        mode, _ = parse_lock_value(value)
-        if mode == "break":
-            old = await self.leases.break_lock(ws.name, path)
-            if not ws.read_only:
-                await ws.commit([break_record(path, old, caller, self.agent)])
-            return b""
-        try:
-            await self.leases.acquire(ws.name, path, value, caller)
-        except WouldBlock as e:
-            raise LeaseBusy(e.strerror or "", path=path) from None  # see LeaseBusy: not EAGAIN
-        return b""
-
     # -- background work -------------------------------------------------------------------
 
     async def sync_all(self, caller: Caller | None = None) -> None:
@@ -627,9 +624,7 @@ class FileSystem:
         # The kernel drops what the catch-up changed before the caller goes on
         # (bounded: an entry of the mount root cannot be invalidated while this
         # request holds the root).
-        with trio.move_on_after(1.0):
-            while self._inval or self._invalidating:
-                await trio.sleep(0.005)
+        await self._invalidations_done()
 
     def _on_change(self, ch: Changes) -> None:
         for parent, name in ch.entries:
@@ -762,6 +757,8 @@ class FileSystem:
                                                          read_only=self.read_only))
 
         nursery.start_soon(self.leases.heartbeat)  # locks
+        if self.kernel_locks is not None:
+            nursery.start_soon(self.kernel_locks.heartbeat)
         nursery.start_soon(openmarks.keep, lambda: [ws.keep_marks for ws in self.workspaces.values()])
         if groupcommit.ENABLED and not self.read_only:
             self.flusher = groupcommit.Flusher()
@@ -787,14 +784,11 @@ class FileSystem:
             with trio.CancelScope(shield=True):
                 await ws.flush_deferred()
 
-    async def _flush_deferred_of(self, name: str) -> None:
-        """commit a workspace's deferred records (before a lease is released)."""
-        ws = self.workspaces.get(name)
-        if ws is not None:
-            if self.writeback is not None:
-                await self.writeback.drain(ws)  # what the holder wrote, before others may
-            with trio.CancelScope(shield=True):
-                await ws.flush_deferred()
+    async def _invalidations_done(self) -> None:
+        """Wait (at most 1 s) until the kernel was told of every change applied so far."""
+        with trio.move_on_after(1.0):
+            while self._inval or self._invalidating:
+                await trio.sleep(0.005)
 
     async def close(self) -> None:
         """Flush what is dirty (unmount), give back leases, then drop the cache."""
@@ -813,6 +807,8 @@ class FileSystem:
 
         try:
             await self.leases.release_all()  # locks: after the last uploads (still fenced)
+            if self.kernel_locks is not None:
+                await self.kernel_locks.release_all()
         except AgentFSError as e:
             log.warning("unmount: releasing leases: %s", e)
         for ws in self.workspaces.values():  # other mounts may prune what was open here

@@ -6,6 +6,8 @@
 # - Debian packages (FUSE 3, headers, tools): apt-get runs only when one is missing.
 # - .venv in the repo root with `pip install -e '.[test]'`, redone only when
 #   pyproject.toml (or the interpreter, or the repo location) changed.
+# - pyfuse3 rebuilt from its sdist with third_party/pyfuse3/lock-ops.patch (the
+#   binding's lock operations), redone only when the patch (or the venv) changed.
 # - /etc/fuse.conf gets `user_allow_other`; /dev/fuse is checked.
 #
 # Environment: AGENTFS_PYTHON=/path/to/python3.11+ picks the interpreter for a new venv.
@@ -17,7 +19,10 @@ cd "$ROOT"
 
 VENV="$ROOT/.venv"
 STAMP="$VENV/.agentfs-setup-stamp"
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc git sqlite3 rsync attr)
+PYFUSE3_VERSION=3.5.0
+PYFUSE3_SDIST_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+PYFUSE3_PATCH="$ROOT/third_party/pyfuse3/lock-ops.patch"
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc git sqlite3 rsync attr patch)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -118,6 +123,51 @@ want_stamp() {
         "$(sha256sum pyproject.toml | cut -d' ' -f1)" "$pyver" "$ROOT"
 }
 
+# The stamp's last line: the pyfuse3 patch that the venv's pyfuse3 was built with.
+want_patch_stamp() {
+    printf 'pyfuse3_lock_ops_patch=%s\n' "$(sha256sum "$PYFUSE3_PATCH" | cut -d' ' -f1)"
+}
+
+pyfuse3_patched() {
+    # The import also catches a pyfuse3 that a later `pip install` put back unpatched.
+    "$VENV/bin/python" -c 'import pyfuse3; pyfuse3.FileLock' >/dev/null 2>&1
+}
+
+build_pyfuse3() {
+    # pyfuse3 from its sdist + the lock-ops patch, built with Cython from PyPI (pip's build
+    # isolation) and installed over the PyPI pyfuse3 of the same version.
+    local work log sdist src
+    work="$(mktemp -d)"
+    log="$VENV/pyfuse3-build.log"
+    sdist="$work/pyfuse3-$PYFUSE3_VERSION.tar.gz"
+    src="$work/pyfuse3-$PYFUSE3_VERSION"
+    say "pyfuse3: building $PYFUSE3_VERSION with $(basename "$PYFUSE3_PATCH") (about two minutes)"
+    # --no-binary pyfuse3 (not :all:): the sdist itself, while its build requirements come as
+    # wheels; with :all: pip compiles Cython from source just to read pyfuse3's metadata.
+    if ! "$VENV/bin/python" -m pip download -q --no-deps --no-binary pyfuse3 -d "$work" \
+            "pyfuse3==$PYFUSE3_VERSION" >"$log" 2>&1; then
+        rm -rf "$work"
+        die "pyfuse3: download of the sdist failed (log: $log)"
+    fi
+    if ! printf '%s  %s\n' "$PYFUSE3_SDIST_SHA256" "$sdist" | sha256sum -c --status; then
+        rm -rf "$work"
+        die "pyfuse3: the downloaded sdist does not have the expected sha256"
+    fi
+    tar -xzf "$sdist" -C "$work"
+    if ! patch -d "$src" -p1 --forward --batch --quiet <"$PYFUSE3_PATCH" >>"$log" 2>&1; then
+        rm -rf "$work"
+        die "pyfuse3: $PYFUSE3_PATCH does not apply to pyfuse3 $PYFUSE3_VERSION (log: $log)"
+    fi
+    # The sdist ships C generated from the unpatched .pyx: make Cython regenerate it.
+    rm -f "$src/src/pyfuse3/__init__.c"
+    if ! "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$src" >>"$log" 2>&1; then
+        rm -rf "$work"
+        die "pyfuse3: build failed (log: $log)"
+    fi
+    rm -rf "$work"
+    pyfuse3_patched || die "pyfuse3: the installed pyfuse3 has no lock operations (log: $log)"
+}
+
 if [ -d "$VENV" ]; then
     if ! venv_python_ok; then
         say "venv: .venv is broken (its interpreter does not run); recreating"
@@ -142,8 +192,11 @@ if [ ! -d "$VENV" ]; then
 fi
 
 WANT="$(want_stamp)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+WANT_PATCH="$(want_patch_stamp)"
+if [ ! -f "$STAMP" ] || [ "$(head -n 3 "$STAMP")" != "$WANT" ]; then
     say "pip: installing -e '.[test]' (pyproject.toml changed or first run)"
+    # Kept: the patched pyfuse3 survives a pip run that leaves pyfuse3 alone (step 4 checks).
+    OLD_PATCH_LINE="$(sed -n 4p "$STAMP" 2>/dev/null || true)"
     rm -f "$STAMP"
     LOG="$VENV/pip-install.log"
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -156,7 +209,15 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
         grep -v "^WARNING: Location '.*' is ignored" "$LOG" >&2 || true
         die "pip install failed (full log: $LOG)"
     fi
-    printf '%s\n' "$WANT" >"$STAMP"
+    printf '%s\n' "$WANT" ${OLD_PATCH_LINE:+"$OLD_PATCH_LINE"} >"$STAMP"
+fi
+
+# --- 4. pyfuse3 with lock operations ------------------------------------------------
+if [ "$(sed -n 4p "$STAMP")" != "$WANT_PATCH" ] || ! pyfuse3_patched; then
+    printf '%s\n' "$WANT" >"$STAMP"  # no patch line until the build succeeded
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+    build_pyfuse3
+    printf '%s\n%s\n' "$WANT" "$WANT_PATCH" >"$STAMP"
 fi
 
 say "ok (.venv up to date)"

@@ -25,7 +25,16 @@ from agentfs.check import check_store
 from agentfs.errors import Fenced, LeaseBusy, NoAttribute, WouldBlock
 from agentfs.identity import Caller
 from agentfs.journal import Journal
-from agentfs.locks import LOCK_XATTR, LeaseStore, Who, alive, lease_key, lineage, start_time
+from agentfs.locks import (
+    LOCK_XATTR,
+    WAITER_TTL,
+    LeaseStore,
+    Who,
+    alive,
+    lease_key,
+    lineage,
+    start_time,
+)
 from agentfs.namespace import ROOT_INODE
 from agentfs.store import ObjectStore, open_store
 from agentfs.vfs import FileSystem
@@ -120,6 +129,25 @@ def test_waiting_exclusive_is_not_starved_by_shared() -> None:
         ls.acquire("f", "shared", who(6), 30)
     clock.t += 31
     assert ls.acquire("f", "shared", who(6), 30)
+
+
+def test_a_waiter_that_gave_up_leaves() -> None:
+    store = open_store(f"memory://locks{uuid.uuid4().hex}")
+    clock = Clock()
+    ls = LeaseStore(store, WS, clock=clock)
+    x = ls.acquire("f", "exclusive", who(1), 30)
+    with pytest.raises(WouldBlock):
+        ls.acquire("f", "exclusive", who(2), 30, wait=True)
+    assert ls.leave("f", who(2)) and not ls.leave("f", who(2))
+    ls.release("f", x)
+    s = ls.acquire("f", "shared", who(3), 30)  # nobody waits any more
+    # one that cannot say so (killed) stops blocking after WAITER_TTL, not the lease TTL
+    with pytest.raises(WouldBlock):
+        ls.acquire("f", "exclusive", who(4), 30, wait=True)
+    with pytest.raises(WouldBlock):
+        ls.acquire("f", "shared", who(5), 30)
+    clock.t += WAITER_TTL + 0.1
+    assert ls.acquire("f", "shared", who(5), 30) > s
 
 
 def test_expiry_renewal_takeover_and_holds() -> None:
@@ -452,6 +480,10 @@ def test_workspace_client_lock_without_a_mount(tmp_path: Path) -> None:
             time.sleep(2.5)  # > TTL: c1's client renews it meanwhile
             with pytest.raises(WouldBlock), c2.lock("task.md", shared=True, wait=0.3):
                 pass
+            with pytest.raises(WouldBlock), c2.lock("task.md", wait=0.3):  # an exclusive waiter gives up
+                pass
+            lease, _ = LeaseStore(open_store(url), WS).read("task.md")
+            assert lease is not None and lease.waiters == []  # and left at once
             c1.write_bytes("task.md", b"v1")  # the holder writes normally
         got: list[float] = []
 

@@ -89,6 +89,10 @@ def mount(
     writeback: Annotated[bool, typer.Option(
         "--writeback", envvar="AGENTFS_WRITEBACK", help="close() returns once the file is in a crash-safe local queue; "
                             "uploads follow in the background (fsync and unmount wait for them)")] = False,
+    kernel_locks: Annotated[bool, typer.Option(
+        "--kernel-locks/--no-kernel-locks",
+        help="flock/fcntl locks exclude holders on every mount of the store (default); "
+             "--no-kernel-locks keeps them to this mount")] = True,
 ) -> None:
     """Mount a store (every top-level directory is a workspace) or one workspace.
 
@@ -108,7 +112,7 @@ def mount(
         foreground=foreground, agent=agent or os.environ.get("AGENTFS_AGENT", ""),
         read_only=read_only, endpoint_url=endpoint_url, allow_other=allow_other,
         scan_interval=scan_interval, log_file=os.path.abspath(log_file) if log_file else None,
-        log_level=log_level, lease_ttl=lease_ttl, writeback=writeback, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
+        log_level=log_level, lease_ttl=lease_ttl, writeback=writeback, kernel_locks=kernel_locks, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
     )
     raise typer.Exit(run_mount(cfg))
 

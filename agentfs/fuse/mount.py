@@ -20,7 +20,7 @@ import trio
 from agentfs import localmounts, memory
 from agentfs.config import MountConfig
 from agentfs.errors import AgentFSError, InvalidArgument
-from agentfs.fuse.operations import FuseNotifier, Operations
+from agentfs.fuse.operations import FuseNotifier, Operations, has_lock_ops
 from agentfs.store import open_store
 from agentfs.vfs import FileSystem
 
@@ -54,10 +54,13 @@ async def _serve(cfg: MountConfig, ready_fd: int | None) -> None:
     store = open_store(cfg.store_url, endpoint_url=cfg.endpoint_url)
     fs = FileSystem(store, cache_dir=Path(cfg.cache_dir), workspace=cfg.workspace, agent=cfg.agent,
                     read_only=cfg.read_only, scan_interval=cfg.scan_interval,
-                    lease_ttl=cfg.lease_ttl, writeback_mode=cfg.writeback)
+                    lease_ttl=cfg.lease_ttl, writeback_mode=cfg.writeback,
+                    kernel_locks=cfg.kernel_locks and has_lock_ops())
     await fs.start()
     fs.notifier = FuseNotifier()
     ops = Operations(fs)
+    if fs.kernel_locks is None:  # unregistered: the kernel keeps locks to this mount
+        ops.flock = ops.getlk = ops.setlk = ops.unlock_owner = None  # type: ignore[assignment,method-assign]
     pyfuse3.init(ops, cfg.mountpoint, _options(cfg, store.url))
     log.info("mounted %s on %s (mount %s, agent %s)", store.url, cfg.mountpoint, fs.mount_id, fs.agent)
     if ready_fd is not None:

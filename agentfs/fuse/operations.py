@@ -24,7 +24,7 @@ from agentfs.identity import Caller, agent_of_pid
 from agentfs.vfs import FileSystem, Notifier
 from agentfs.workspace import Attr
 
-__all__ = ["FuseNotifier", "Operations", "boundary"]
+__all__ = ["FuseNotifier", "Operations", "boundary", "has_lock_ops"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ T = TypeVar("T")
 #: Kernel attribute/entry cache lifetime.  Remote changes are pushed out of
 #: the kernel cache by invalidation, so this only bounds a missed invalidation.
 CACHE_TIMEOUT = 1.0
+
+
+def has_lock_ops() -> bool:
+    """Does this pyfuse3 pass lock requests (the patched binding, scripts/setup.sh)?"""
+    return hasattr(pyfuse3, "FileLock")
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -280,3 +285,22 @@ class Operations(pyfuse3.Operations):
     @boundary
     async def removexattr(self, inode, name, ctx):
         await self.fs.removexattr(inode, _text(name, "xattr name"), self._caller(ctx))
+
+    # -- locks: the patched binding's lock operations (see agentfs/kernellocks.py) --
+
+    @boundary
+    async def flock(self, fh, owner, op, ctx):
+        await self.fs.flock(fh, owner, op, ctx.pid)
+
+    @boundary
+    async def setlk(self, fh, owner, lock, sleep, ctx):
+        await self.fs.setlk(fh, owner, lock.type, lock.start, lock.length, lock.pid or ctx.pid, bool(sleep))
+
+    @boundary
+    async def getlk(self, fh, owner, lock, ctx):
+        type_, start, length, pid = await self.fs.getlk(fh, owner, lock.type, lock.start, lock.length)
+        return pyfuse3.FileLock(type_, start, length, pid)
+
+    @boundary
+    async def unlock_owner(self, fh, owner):
+        await self.fs.unlock_owner(fh, owner)
