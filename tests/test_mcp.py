@@ -281,7 +281,7 @@ def test_mount_and_mcp_share_files_and_locks(mounter: Callable[..., Any], tmp_pa
     store = tmp_path / "store"
     store.mkdir()
     url = f"file://{store}"
-    m = mounter(url)
+    m = mounter(url, "--lease-ttl", "2")
     (m.path / "ws").mkdir()
     task = m.path / "ws" / "task.md"
 
@@ -298,7 +298,10 @@ def test_mount_and_mcp_share_files_and_locks(mounter: Callable[..., Any], tmp_pa
             with agentfs.lock(task, wait=0):
                 e = await err(c, "lock_acquire", path="task.md")
                 assert "EAGAIN" in e and "pid" in e, e
-            await ok(c, "lock_acquire", path="task.md")  # given back by the mount at release
+            # released on the mount, the lease stays cached there until its TTL (this mount's
+            # --lease-ttl 2) or a mount rings its doorbell; then the session takes it
+            lk = await ok(c, "lock_acquire", path="task.md", wait_s=20)
+            assert lk["token"] > 0
             await ok(c, "lock_release", path="task.md")
             task.write_bytes(b"from the mount\n")
             got = await ok(c, "read_text_file", path="task.md")
