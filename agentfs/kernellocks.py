@@ -208,6 +208,8 @@ class KernelLocks:
         #: (workspace, mount) -> when this mount last rang that mount's doorbell
         self._rung: dict[tuple[str, str], float] = {}
         self._wake = trio.Event()
+        #: files whose locks went with a close: their lease is settled in the background
+        self._settle_soon: set[tuple[str | None, int]] = set()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -308,13 +310,22 @@ class KernelLocks:
         """A descriptor was closed: the owner's POSIX locks on the file go (and
         its flock, when the kernel says the flock's last descriptor went)."""
         if (ws, ino) in self.files:
-            await self._unlock(ws, ino, lambda s: s.owner == owner)
+            self._unlock_soon(ws, ino, lambda s: s.owner == owner)
 
     async def release_fh(self, ws: str | None, ino: int, fh: int) -> None:
         """The open file description ``fh`` went: its flock and OFD locks go
         (its processes' POSIX locks went with their flushes already)."""
         if (ws, ino) in self.files:
-            await self._unlock(ws, ino, lambda s: s.fh == fh)
+            self._unlock_soon(ws, ino, lambda s: s.fh == fh)
+
+    def _unlock_soon(self, ws: str | None, ino: int, pred: Callable[[Span], bool]) -> None:
+        """An unlock by a close: local lockers go on at once; the lease is
+        settled by the heartbeat task, so the close's reply waits for no request."""
+        fl = self.files.get((ws, ino))
+        if fl is not None and fl.drop(pred):
+            fl.wake()
+            self._settle_soon.add((ws, ino))
+            self._wake.set()
 
     def holders(self, ws: str, ino: int) -> set[int]:
         """The pids holding a lock on a file (for fencing)."""
@@ -328,9 +339,10 @@ class KernelLocks:
         fl = self.files.get((ws, ino))
         if fl is None or fl.mode is None or not any(s.pid in pids for s in fl.spans):
             return
-        if not fl.lost and not await self._io(self._leases(ws).holds, fl.path, fl.token):
-            fl.lost = True
-            log.warning("lock on %s/%s (token %d) was taken over by another holder", ws, fl.path, fl.token)
+        token = fl.token
+        if not fl.lost and not await self._io(self._leases(ws).holds, fl.path, token) and fl.token == token:
+            fl.lost = True  # (a new token meanwhile is this mount's own change of mode)
+            log.warning("lock on %s/%s (token %d) was taken over by another holder", ws, fl.path, token)
         if fl.lost:
             raise Fenced("the lock of this writer was taken over by another mount; write refused",
                          path=fl.path, token=fl.token)
@@ -504,6 +516,7 @@ class KernelLocks:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
+                await self._settle_closed()
                 await self._answer_doorbells()
                 if time.monotonic() >= next_renew:
                     next_renew = time.monotonic() + self.ttl / 3
@@ -512,6 +525,18 @@ class KernelLocks:
                 log.warning("kernel locks heartbeat: %s", e)
             except Exception:  # a bug here must not end the mount's nursery
                 log.exception("kernel locks heartbeat failed")
+
+    async def _settle_closed(self) -> None:
+        while self._settle_soon:
+            ws, ino = self._settle_soon.pop()
+            fl = self.files.get((ws, ino))
+            if fl is not None:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self._after_unlock(fl, ino)
+                except AgentFSError:
+                    self._settle_soon.add((ws, ino))  # tried again at the next beat
+                    raise
 
     async def _answer_doorbells(self) -> None:
         for ws in {fl.ws for fl in self.files.values() if (fl.cached or fl.hinted) and fl.ws is not None}:
@@ -530,13 +555,16 @@ class KernelLocks:
         for fl in list(self.files.values()):
             if fl.mode is None or fl.lost or fl.ws is None:
                 continue
-            if not await self._io(self._leases(fl.ws).renew, fl.path, fl.token, self.ttl):
+            token = fl.token
+            if (not await self._io(self._leases(fl.ws).renew, fl.path, token, self.ttl)
+                    and fl.token == token and fl.mode is not None):
                 fl.lost = True
                 log.warning("lock on %s/%s (token %d) was taken over: its writers are fenced",
                             fl.ws, fl.path, fl.token)
 
     async def release_all(self) -> None:
         """Unmount: give back every lease (after the mount's last uploads)."""
+        self._settle_soon.clear()
         for (ws, ino), fl in list(self.files.items()):
             fl.spans.clear()
             fl.cached = False

@@ -489,16 +489,18 @@ class FileSystem(LockRequests):
             # does not wait for a release (close() has returned), and must not
             # have to: an unmount aborts releases still unanswered.
             self._releasing += 1
-            self._background.start_soon(self._release, h, True)
+            self._background.start_soon(self._release, h, True, fh)
         else:
-            await self._release(h, False)
-        if self.kernel_locks is not None:  # its flock and OFD locks go with it
-            await self.kernel_locks.release_fh(h.ws.name, h.of.node.ino, fh)
+            await self._release(h, False, fh)
 
-    async def _release(self, h: FileHandle, background: bool) -> None:
+    async def _release(self, h: FileHandle, background: bool, fh: int) -> None:
         try:
             with trio.CancelScope(shield=True):
-                await h.ws.release(h.of, h.caller)
+                try:
+                    await h.ws.release(h.of, h.caller)
+                finally:  # its flock and OFD locks go, after its upload (the bytes go with them)
+                    if self.kernel_locks is not None:
+                        await self.kernel_locks.release_fh(h.ws.name, h.of.node.ino, fh)
                 if self.leases.held:  # locks: closing the file releases its lease (flock rule)
                     others = [o.caller for o in self.handles.values() if o.of is h.of]
                     # a file diverted to its conflict copy was locked under its own path

@@ -129,8 +129,9 @@ want_patch_stamp() {
 }
 
 pyfuse3_patched() {
-    # The import also catches a pyfuse3 that a later `pip install` put back unpatched.
-    "$VENV/bin/python" -c 'import pyfuse3; pyfuse3.FileLock' >/dev/null 2>&1
+    # Also catches a pyfuse3 that a later `pip install` put back unpatched. (The stub file
+    # comes from the same wheel as the extension, and reading it costs no interpreter start.)
+    grep -qs '^class FileLock' "$VENV"/lib/python3*/site-packages/pyfuse3/__init__.pyi
 }
 
 build_pyfuse3() {
@@ -165,7 +166,8 @@ build_pyfuse3() {
         die "pyfuse3: build failed (log: $log)"
     fi
     rm -rf "$work"
-    pyfuse3_patched || die "pyfuse3: the installed pyfuse3 has no lock operations (log: $log)"
+    "$VENV/bin/python" -c 'import pyfuse3; pyfuse3.FileLock' >/dev/null 2>&1 \
+        || die "pyfuse3: the installed pyfuse3 has no lock operations (log: $log)"
 }
 
 if [ -d "$VENV" ]; then

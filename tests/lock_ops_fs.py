@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FILE_INODE = 2
 FILE_NAME = b"f"
 CONTENT = b"lock ops test file\n"
+FAILING_START = 666  # setlk of a range starting here raises a non-FUSEError exception
 
 
 class PlainFs(pyfuse3.Operations):
@@ -157,6 +158,8 @@ class LockingFs(PlainFs):
                     ctx: pyfuse3.RequestContext) -> None:
         self.record(op="setlk", owner=owner, type=lock.type, start=lock.start,
                     length=lock.length, pid=lock.pid, sleep=sleep, ctx_pid=ctx.pid)
+        if lock.start == FAILING_START:
+            raise RuntimeError("a handler bug, on purpose")
         if lock.type == fcntl.F_UNLCK:
             self.posix.pop(owner, None)
             self._released()

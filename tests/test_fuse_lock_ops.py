@@ -25,6 +25,7 @@ from typing import Any
 import pyfuse3
 import pytest
 
+from tests import lock_ops_fs
 from tests.fixtures_mount import REPO, fuse_available
 
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment).
@@ -49,6 +50,7 @@ class LockFs:
     log: Path
     err: Path
     proc: subprocess.Popen[bytes]
+    expect_errors: bool = False
 
     @property
     def file(self) -> Path:
@@ -114,7 +116,7 @@ def start_fs(tmp_path: Path) -> Iterator[Callable[..., LockFs]]:
     for fs in started:
         fs.stop()
         text = fs.err.read_text()
-        if "Traceback" in text or " ERROR " in text:
+        if not fs.expect_errors and ("Traceback" in text or " ERROR " in text):
             problems.append(text)
     assert not problems, "\n".join(problems)
 
@@ -300,6 +302,22 @@ def test_blocking_wait_is_interrupted_and_does_not_stall(start_fs: Callable[...,
                     and c.get("outcome") == "cancelled")
     finally:
         os.close(holder)
+
+
+def test_handler_exception_is_eio_and_the_loop_goes_on(start_fs: Callable[..., LockFs]) -> None:
+    fs = start_fs()
+    fs.expect_errors = True
+    fd = os.open(fs.file, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as exc:
+            fcntl.fcntl(fd, fcntl.F_SETLK, flock_struct(fcntl.F_WRLCK, lock_ops_fs.FAILING_START))
+        assert exc.value.errno == errno.EIO
+        fcntl.fcntl(fd, fcntl.F_SETLK, flock_struct(fcntl.F_WRLCK, 0, 1))  # still served
+        assert os.pread(fd, 4, 0) == b"lock"
+    finally:
+        os.close(fd)
+    assert "setlk() raised an unexpected exception" in fs.err.read_text()
+    assert "a handler bug, on purpose" in fs.err.read_text()
 
 
 def test_without_handlers_locks_stay_kernel_local(start_fs: Callable[..., LockFs]) -> None:
