@@ -217,9 +217,18 @@ class WorkspaceClient:
             return b"".join(chunks)
         return self._run(go)
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Create or replace a file; durable in the store on return."""
+    def write_bytes(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Create or replace a file; durable in the store on return.  With
+        ``exclusive``, only create it: AlreadyExists if the path exists; if
+        another writer creates it meanwhile, the store's conditional create
+        decides and this call raises ConflictError (its bytes kept as a
+        conflict copy)."""
         async def go() -> None:
+            if exclusive:
+                parent, name = self._parent(path)
+                with contextlib.suppress(NotFound):
+                    self._w.lookup(parent, name)
+                    raise AlreadyExists(path=path)
             of = await self._open(path, write=True, truncate=True, create=True)
             try:
                 await self._w.write(of, 0, data)

@@ -21,6 +21,7 @@ __all__ = [
     "AlreadyExists",
     "BadName",
     "Busy",
+    "CheckpointConflict",
     "ConflictError",
     "CorruptRecord",
     "Fenced",
@@ -159,6 +160,13 @@ class ConflictError(Stale):
 
     def __str__(self) -> str:
         return f"{super().__str__()} (your bytes are kept in {self.copy})" if self.copy else super().__str__()
+
+
+class CheckpointConflict(ConflictError):
+    """A framework checkpoint (e.g. LangGraph's) that another writer wrote first
+    under the same id with other content: the first one stays, this writer's
+    record is refused (its bytes kept in ``copy`` when the race was decided by
+    the store).  ``ESTALE``, CLI exit 75, as for any lost write race."""
 
 
 class CorruptRecord(AgentFSError):

@@ -48,22 +48,20 @@ changes are serialised by that file's own lock.
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from agentfs.errors import AgentFSError, Fenced, InvalidArgument, NotFound, WouldBlock
 from agentfs.identity import HOSTNAME, agent_of_pid
-from agentfs.journal import workspace_prefix
-from agentfs.locks import LeaseStore, Who
+from agentfs.locks import CACHED_WAIT, DOORBELL_POLL, LeaseStores, Who, doorbell_key
 from agentfs.store.base import ObjectStore
 
-__all__ = ["DOORBELL_POLL", "KernelLocks", "Span", "doorbell_key"]
+__all__ = ["KernelLocks", "Span"]
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +69,10 @@ T = TypeVar("T")
 
 #: the end of a lock that runs to the end of the file (and beyond)
 EOF = 1 << 63
-#: seconds between polls of this mount's doorbell while it caches leases
-DOORBELL_POLL = 0.25
-#: how long a refused locker waits for another mount to give back a cached lease
-CACHED_WAIT = 4 * DOORBELL_POLL + 1.0
 #: the most leases a mount keeps cached (the oldest is given back)
 MAX_CACHED = 64
 
 EXCLUSIVE, SHARED = "exclusive", "shared"
-
-
-def doorbell_key(ws: str, mount: str) -> str:
-    """The object another mount writes to ask ``mount`` for its cached leases of ``ws``."""
-    return f"{workspace_prefix(ws)}doorbells/{mount}"
 
 
 @dataclass(slots=True)
@@ -181,7 +170,7 @@ def _merged(spans: list[Span]) -> list[Span]:
     return out
 
 
-class KernelLocks:
+class KernelLocks(LeaseStores):
     """The kernel locks of one mount (see the module docstring).
 
     ``settle(ws, path)`` commits what the mount wrote to ``path`` and returns
@@ -193,20 +182,16 @@ class KernelLocks:
                  limiter: trio.CapacityLimiter | None,
                  settle: Callable[[str, str], Awaitable[int]],
                  catch_up: Callable[[str, str, int], Awaitable[None]]) -> None:
-        self.store = store
+        super().__init__(store, limiter)
         self.ttl = ttl
-        self.limiter = limiter
         #: the mount as a lease holder (owns its holders whatever process took them)
         self.who = Who(agent=agent, host=HOSTNAME, mount=mount_id, pid=None, kernel=True)
         self.mount_id = mount_id
         self._settle = settle
         self._catch_up = catch_up
         self.files: dict[tuple[str | None, int], FileLocks] = {}
-        self._stores: dict[str, LeaseStore] = {}
         #: workspace -> monotonic time until which this mount does not cache leases
         self._no_cache_until: dict[str, float] = {}
-        #: (workspace, mount) -> when this mount last rang that mount's doorbell
-        self._rung: dict[tuple[str, str], float] = {}
         self._wake = trio.Event()
         #: files whose locks went with a close: their lease is settled in the background
         self._settle_soon: set[tuple[str | None, int]] = set()
@@ -217,15 +202,6 @@ class KernelLocks:
         """The lease holder for a lock taken by ``pid``: its agent and pid are shown."""
         return Who(agent=agent_of_pid(pid) or self.who.agent, host=HOSTNAME, mount=self.mount_id,
                    pid=pid or None, kernel=True)
-
-    def _leases(self, ws: str) -> LeaseStore:
-        ls = self._stores.get(ws)
-        if ls is None:
-            ls = self._stores[ws] = LeaseStore(self.store, ws)
-        return ls
-
-    async def _io(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self.limiter)
 
     def _file(self, ws: str | None, ino: int, path: str) -> FileLocks:
         fl = self.files.get((ws, ino))
@@ -298,7 +274,7 @@ class KernelLocks:
 
     async def _remote_conflict(self, ws: str, path: str, write: bool, start: int,
                                length: int) -> tuple[int, int, int, int]:
-        lease, _ = await self._io(self._leases(ws).read, path)
+        lease, _ = await self._io(self.leases(ws).read, path)
         now = time.time()
         for h in lease.holders if lease is not None else []:
             if h.expires > now and not self.who.owns(h) and (write or h.mode == EXCLUSIVE):
@@ -340,7 +316,7 @@ class KernelLocks:
         if fl is None or fl.mode is None or not any(s.pid in pids for s in fl.spans):
             return
         token = fl.token
-        if not fl.lost and not await self._io(self._leases(ws).holds, fl.path, token) and fl.token == token:
+        if not fl.lost and not await self._io(self.leases(ws).holds, fl.path, token) and fl.token == token:
             fl.lost = True  # (a new token meanwhile is this mount's own change of mode)
             log.warning("lock on %s/%s (token %d) was taken over by another holder", ws, fl.path, token)
         if fl.lost:
@@ -383,6 +359,7 @@ class KernelLocks:
                 with trio.move_on_after(timeout):
                     await fl.changed.wait()
         except trio.Cancelled:
+            log.debug("lock on %s/%s: the waiting process was interrupted", fl.ws, fl.path)
             if fl.ws is not None and write and sleep:
                 with trio.move_on_after(2.0, shield=True):
                     await self._leave(fl)
@@ -396,7 +373,8 @@ class KernelLocks:
     async def _leave(self, fl: FileLocks) -> None:
         assert fl.ws is not None
         try:
-            await self._io(self._leases(fl.ws).leave, fl.path, self.who)
+            if await self._io(self.leases(fl.ws).leave, fl.path, self.who):
+                log.debug("lock on %s/%s: waiter registration removed", fl.ws, fl.path)
         except AgentFSError as e:
             log.info("lock on %s/%s: waiter not removed (%s); it expires by itself", fl.ws, fl.path, e)
 
@@ -412,30 +390,16 @@ class KernelLocks:
             mode = EXCLUSIVE if write else SHARED
             first = fl.mode is None
             try:
-                token, seq = await self._io(self._leases(fl.ws).take, fl.path, mode, self._who(pid),
+                token, seq = await self._io(self.leases(fl.ws).take, fl.path, mode, self._who(pid),
                                             self.ttl, wait=wait and write)
             except WouldBlock as e:
-                if await self._ring_cached(fl.ws, fl.path):
+                if await self.ring_cached(fl.ws, fl.path, self.who):
                     raise _Cached(e.strerror or "", path=fl.path) from None
                 raise
             fl.mode, fl.token, fl.lost, fl.hinted = mode, token, False, False
             log.debug("lock on %s/%s: lease %s, token %d", fl.ws, fl.path, mode, token)
             if first:
                 await self._catch_up(fl.ws, fl.path, seq)
-
-    async def _ring_cached(self, ws: str, path: str) -> bool:
-        """Are the holders that refused us only cached?  Then ring their doorbells."""
-        lease, _ = await self._io(self._leases(ws).read, path)
-        now = time.time()
-        live = [h for h in lease.holders if h.expires > now and not self.who.owns(h)] if lease else []
-        if not live or not all(h.cached for h in live):
-            return False
-        for h in live:
-            last = self._rung.get((ws, h.mount), 0.0)
-            if time.monotonic() - last > 2 * DOORBELL_POLL:
-                self._rung[(ws, h.mount)] = time.monotonic()
-                await self._io(self.store.put, doorbell_key(ws, h.mount), self.mount_id.encode())
-        return True
 
     async def _after_unlock(self, fl: FileLocks, ino: int) -> None:
         fl.wake()
@@ -471,13 +435,15 @@ class KernelLocks:
 
     async def _give_up(self, fl: FileLocks, *, may_cache: bool) -> None:
         assert fl.ws is not None
-        ls = self._leases(fl.ws)
+        ls = self.leases(fl.ws)
         want = fl.wanted()
         # kept for the next local lock: nothing to hand over until it is given back
         if want is None and may_cache and not fl.lost and (
                 fl.hinted or await self._io(ls.mark_cached, fl.path, fl.token, True)):
             fl.cached = fl.hinted = True
+            fl.used = time.monotonic()
             self._wake.set()
+            log.debug("lock on %s/%s: lease kept cached (token %d)", fl.ws, fl.path, fl.token)
             return
         seq = await self._settle(fl.ws, fl.path)
         if fl.lost:
@@ -485,6 +451,7 @@ class KernelLocks:
         elif want is None:
             await self._io(ls.release, fl.path, fl.token, seq=seq)
             fl.mode = None
+            log.debug("lock on %s/%s: lease given back at seq %d", fl.ws, fl.path, seq)
         else:
             fl.token, _ = await self._io(ls.take, fl.path, SHARED, self._who(fl.spans[0].pid), self.ttl,
                                          seq=seq)
@@ -502,7 +469,7 @@ class KernelLocks:
                 fl.cached = False
                 await self._relax(fl, ino, may_cache=False)
             elif not fl.cached and fl.hinted and not idle:
-                await self._io(self._leases(ws).mark_cached, fl.path, fl.token, False)
+                await self._io(self.leases(ws).mark_cached, fl.path, fl.token, False)
                 fl.hinted = False
 
     # -- background: renewals and the doorbell ------------------------------------------
@@ -556,7 +523,7 @@ class KernelLocks:
             if fl.mode is None or fl.lost or fl.ws is None:
                 continue
             token = fl.token
-            if (not await self._io(self._leases(fl.ws).renew, fl.path, token, self.ttl)
+            if (not await self._io(self.leases(fl.ws).renew, fl.path, token, self.ttl)
                     and fl.token == token and fl.mode is not None):
                 fl.lost = True
                 log.warning("lock on %s/%s (token %d) was taken over: its writers are fenced",

@@ -85,12 +85,16 @@ from agentfs.models import Lease, LeaseHolder, LeaseWaiter, NoteOp, Record
 from agentfs.store.base import ObjectStore
 
 __all__ = [
+    "CACHED_WAIT",
     "DEFAULT_TTL",
+    "DOORBELL_POLL",
     "LOCK_XATTR",
     "WAITER_TTL",
     "LeaseManager",
     "LeaseStore",
+    "LeaseStores",
     "Who",
+    "doorbell_key",
     "lease_key",
 ]
 
@@ -103,12 +107,23 @@ DEFAULT_TTL = 30.0
 MODES = ("shared", "exclusive")
 #: Compare-and-swap attempts before a lease counts as too contended (EBUSY).
 CAS_ATTEMPTS = 50
+#: Seconds between polls of a mount's doorbell while it keeps leases cached
+#: (agentfs/kernellocks.py).
+DOORBELL_POLL = 0.25
+#: How long a locker refused only by leases another mount keeps cached waits
+#: for them to be given back before it counts as refused.
+CACHED_WAIT = 4 * DOORBELL_POLL + 1.0
 #: Seconds a waiter registration lives unless its locker tries again: a
 #: locker that gave up, was interrupted or killed stops blocking others
 #: within this time even when it could not say so.
 WAITER_TTL = 3.0
 
 T = TypeVar("T")
+
+
+def doorbell_key(ws: str, mount: str) -> str:
+    """The object another locker writes to ask ``mount`` for its cached leases of ``ws``."""
+    return f"{workspace_prefix(ws)}doorbells/{mount}"
 
 
 def lease_key(ws: str, path: str) -> str:
@@ -499,20 +514,57 @@ def parse_lock_value(value: bytes) -> tuple[str, bool]:
     return words[0], "wait" in words[1:]
 
 
-class LeaseManager:
+class LeaseStores:
+    """The :class:`LeaseStore` of each workspace of one store, called from trio
+    through worker threads (bounded by ``limiter``)."""
+
+    def __init__(self, store: ObjectStore, limiter: trio.CapacityLimiter | None) -> None:
+        self.store = store
+        self.limiter = limiter
+        self._stores: dict[str, LeaseStore] = {}
+        #: (workspace, mount) -> when this process last rang that mount's doorbell
+        self._rung: dict[tuple[str, str], float] = {}
+
+    def leases(self, ws: str) -> LeaseStore:
+        ls = self._stores.get(ws)
+        if ls is None:
+            ls = self._stores[ws] = LeaseStore(self.store, ws)
+        return ls
+
+    async def _io(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self.limiter)
+
+    async def ring_cached(self, ws: str, path: str, me: Who) -> bool:
+        """Are the holders (other than ``me``) that refused a lock only leases
+        a mount keeps cached?  Then ring those mounts' doorbells (they give
+        them back within a poll) and say so."""
+        lease, _ = await self._io(self.leases(ws).read, path)
+        now = time.time()
+        live = [h for h in lease.holders if h.expires > now and not me.owns(h)] if lease else []
+        if not live or not all(h.cached for h in live):
+            return False
+        log.debug("lock on %s/%s: refused by cached leases of %s; ringing", ws, path,
+                  ", ".join(h.mount for h in live))
+        for h in live:
+            last = self._rung.get((ws, h.mount), 0.0)
+            if time.monotonic() - last > 2 * DOORBELL_POLL:
+                self._rung[(ws, h.mount)] = time.monotonic()
+                await self._io(self.store.put, doorbell_key(ws, h.mount), me.mount.encode())
+        return True
+
+
+class LeaseManager(LeaseStores):
     """The leases a mount holds for its local processes (one trio thread)."""
 
     def __init__(self, store: ObjectStore, *, agent: str, mount_id: str, ttl: float = DEFAULT_TTL,
                  limiter: trio.CapacityLimiter | None = None) -> None:
         if ttl <= 0:
             raise InvalidArgument("lease TTL must be positive")
-        self.store = store
+        super().__init__(store, limiter)
         self.agent = agent
         self.mount_id = mount_id
         self.ttl = ttl
-        self.limiter = limiter
         self.held: dict[tuple[str, str, int], Held] = {}
-        self._stores: dict[str, LeaseStore] = {}
         #: called with the workspace name before a lease is given back, so the
         #: holder's writes are committed first (the next holder must see them);
         #: returns the journal position they are committed to.  Set by the mount.
@@ -525,15 +577,6 @@ class LeaseManager:
         if self.before_release is not None:
             return await self.before_release(ws)
         return 0
-
-    def leases(self, ws: str) -> LeaseStore:
-        ls = self._stores.get(ws)
-        if ls is None:
-            ls = self._stores[ws] = LeaseStore(self.store, ws)
-        return ls
-
-    async def _io(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self.limiter)
 
     def _pid(self, caller: Caller) -> int:
         pid = tgid_of(caller.pid)
@@ -548,7 +591,18 @@ class LeaseManager:
             raise InvalidArgument("break is handled by break_lock")
         pid = self._pid(caller)
         who = Who(agent=caller.agent or self.agent, host=HOSTNAME, mount=self.mount_id, pid=pid)
-        token, seq = await self._io(self.leases(ws).take, path, mode, who, self.ttl, wait=wait)
+        refused_at: float | None = None
+        while True:
+            try:
+                token, seq = await self._io(self.leases(ws).take, path, mode, who, self.ttl, wait=wait)
+                break
+            except WouldBlock:
+                # a lease a mount only keeps cached is given back when asked: wait for it
+                refused_at = refused_at or time.monotonic()
+                if (time.monotonic() - refused_at > CACHED_WAIT
+                        or not await self.ring_cached(ws, path, who)):
+                    raise
+                await trio.sleep(DOORBELL_POLL / 2)
         self.held[(ws, path, pid)] = Held(ws, path, pid, start_time(pid), token, mode)
         log.info("lease on %s/%s: %s for pid %d (%s), token %d", ws, path, mode, pid, who.agent, token)
         if self.after_acquire is not None:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures_locks import Holder, lock_cli
 from tests.fixtures_mount import REPO, Mount, fuse_available
+from tests.test_locks_mount import lease_info
 from tests.test_multimount import (
     agentfs_cli,
     assert_check_clean,
@@ -175,15 +176,16 @@ def test_blocking_waiters_interrupts_and_stale_waiters(mounter: Callable[..., Mo
     h = holders(fa, "flock-ex")
     r = lock_cli("-w", "1", str(fb), "--", "true")
     assert r.returncode == 1, r.stderr
+    assert not lease_info(fa)["waiters"]  # the waiter that gave up left at once
     k = waiter(fb, "flock")  # a blocking waiter killed with SIGTERM
-    time.sleep(0.5)
+    wait_for(lambda: lease_info(fa)["waiters"], 10.0, "B's waiter registered")
     k.send_signal(signal.SIGTERM)
     k.wait(timeout=30)
+    # removed by the interrupted request, well before its WAITER_TTL (3 s) would end it
+    assert wait_for(lambda: not lease_info(fa)["waiters"], 10.0, "killed waiter gone") < 2.0
     assert h.send("release") == "released"
     h.proc.wait(timeout=30)
-    t0 = time.monotonic()
-    wait_for(lambda: lock_cli("-n", str(fc), "--", "true").returncode == 0, 10.0, "lock -n on C")
-    assert time.monotonic() - t0 < 8.0
+    wait_for(lambda: lock_cli("-n", str(fc), "--", "true").returncode == 0, 15.0, "lock -n on C")
     # a blocking waiter on B gets the lock when the holder on C lets go
     h = holders(fc, "lockf")
     w = waiter(fb, "lockf")

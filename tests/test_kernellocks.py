@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from agentfs.errors import WouldBlock
-from agentfs.kernellocks import KernelLocks, doorbell_key
-from agentfs.locks import LeaseStore, Who
+from agentfs.identity import Caller
+from agentfs.kernellocks import KernelLocks
+from agentfs.locks import LeaseManager, LeaseStore, Who, doorbell_key
 from agentfs.store.memory import MemoryStore
 
 WS, INO, PATH = "ws", 7, "data/f.db"
@@ -234,3 +235,23 @@ def test_doorbell_key_is_per_workspace_and_mount() -> None:
     assert doorbell_key("w", "m1") != doorbell_key("w", "m2")
     assert doorbell_key("w", "m1").startswith(".agentfs/")
     assert Who(agent="a", host="h", mount="m", pid=None).owns  # the mount-level identity
+
+
+def test_a_lease_client_gets_a_lease_a_mount_keeps_cached() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        a = Mount(store, "A")
+        client = LeaseManager(store, agent="client", mount_id="client-1", ttl=30.0)
+        async with trio.open_nursery() as n:
+            n.start_soon(a.kl.heartbeat)
+            await a.flock(1, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            await a.flock(1, fcntl.LOCK_UN)
+            assert holders(store) == [("A", "exclusive", True)]
+            with trio.fail_after(5):  # the mount hears the doorbell and gives it back
+                await client.acquire(WS, PATH, b"exclusive", Caller.current("client"))
+            assert [m for m, _, _ in holders(store)] == ["client-1"]
+            with pytest.raises(WouldBlock):  # held for real now: the mount is refused
+                await a.flock(1, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            await client.release_all()
+            n.cancel_scope.cancel()
+    run(main)

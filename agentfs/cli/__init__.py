@@ -398,6 +398,12 @@ app.add_typer(_checkpoint.app, name="checkpoint")
 app.command("gc")(_checkpoint.gc_command)
 
 
+# the MCP server (agentfs/cli/mcp.py, agentfs/mcp_server.py)
+from agentfs.cli.mcp import register as _register_mcp  # noqa: E402
+
+_register_mcp(app)
+
+
 # the review web page: `agentfs serve` (agentfs/cli/web.py, agentfs/web/)
 from agentfs.cli.web import register as _register_web  # noqa: E402
 
