@@ -185,10 +185,9 @@ class WebApp:
         cps = await self.call(self.service.checkpoints, ws)
         lock = None if at else await self.call(self.service.lock_of, ws, path)
         return self.page(request, "file.html", {
-            **base, "lock": lock, "conflicts": ReviewService.conflicts_of(tree, path), "entry": entry, "state": state, "history": history,
-            "preview": Preview("binary", truncated=True) if data is None else preview(path, data, entry.size),
-            "checkpoints": cps, "decisions": DECISIONS,
-            "window": LOG_WINDOW})
+            **base, "lock": lock, "conflicts": ReviewService.conflicts_of(tree, path), "entry": entry,
+            "state": state, "history": history, "checkpoints": cps, "decisions": DECISIONS, "window": LOG_WINDOW,
+            "preview": Preview("binary", truncated=True) if data is None else preview(path, data, entry.size)})
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: ``change`` (data: the journal seq) whenever a commit
@@ -202,7 +201,11 @@ class WebApp:
             yield ": agentfs live\n\n"
             while True:  # ends when the browser goes (the response's disconnect listener cancels it)
                 await anyio.sleep(LIVE_POLL)
-                new, paths = await self.call(self.service.changes, ws, seq)
+                try:
+                    new, paths = await self.call(self.service.changes, ws, seq)
+                except AgentFSError as e:  # the store hiccuped: look again next time
+                    log.debug("live %s: %s", ws, e)
+                    continue
                 if new != seq and any(_touches(p, path) for p in paths):
                     yield f"event: change\ndata: {new}\n\n"
                 seq = new
