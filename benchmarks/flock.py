@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from locks import S3_ENV, free_port, is_mounted  # noqa: E402
+from locks import S3_ENV, is_mounted, start_moto  # noqa: E402
 
 
 class Mounts:
@@ -124,22 +123,11 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0, help="modelled store round trip (0: off)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="agentfs-flockbench-"))
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, **S3_ENV, AWS_ENDPOINT_URL=endpoint, PYTHONPATH=str(REPO))
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    env = dict(os.environ, **S3_ENV, PYTHONPATH=str(REPO))
+    moto, endpoint = start_moto(env)
+    env["AWS_ENDPOINT_URL"] = endpoint
     ms = Mounts(tmp, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto did not start") from None
-                time.sleep(0.1)
         import boto3
 
         print(f"flock EX+UN pairs per second, one run, {os.cpu_count()} CPUs, n={args.n}\n")

@@ -57,6 +57,25 @@ def is_mounted(p: Path) -> bool:
         return any(line.split()[1] == str(p) for line in f)
 
 
+def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A moto S3 server on a free port of 127.0.0.1 (the caller stops it by PID) and its URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return moto, endpoint
+        except OSError:
+            if time.monotonic() > deadline:
+                moto.kill()
+                moto.wait()
+                raise RuntimeError("moto did not start") from None
+            time.sleep(0.1)
+
+
 def stats(samples: list[float]) -> str:
     ms = sorted(x * 1000 for x in samples)
     p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
@@ -69,23 +88,12 @@ def main() -> int:
     args = ap.parse_args()
     n = args.n
     tmp = Path(tempfile.mkdtemp(prefix="agentfs-lockbench-"))
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, **S3_ENV, AWS_ENDPOINT_URL=endpoint, PYTHONPATH=str(REPO))
+    env = dict(os.environ, **S3_ENV, PYTHONPATH=str(REPO))
+    moto, endpoint = start_moto(env)
+    env["AWS_ENDPOINT_URL"] = endpoint
     os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     mounts: list[tuple[subprocess.Popen, Path]] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto did not start") from None
-                time.sleep(0.1)
         import boto3
 
         bucket = f"locks-{uuid.uuid4().hex[:8]}"

@@ -113,8 +113,8 @@ def test_flock_and_fcntl_exclude_across_mounts(mounter: Callable[..., Mount], st
         assert r.send("release") == "released"
         r.proc.wait(timeout=30)
         wait_for(lambda: getlk(fd, fcntl.F_WRLCK)[0] == fcntl.F_UNLCK, 10.0, "A's lock gone")
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
         # an OFD lock on B excludes a POSIX lock on A
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
         fda = os.open(fa, os.O_RDWR)
         try:
             with pytest.raises(OSError):
@@ -122,7 +122,7 @@ def test_flock_and_fcntl_exclude_across_mounts(mounter: Callable[..., Mount], st
         finally:
             os.close(fda)
     finally:
-        os.close(fd)  # closing any descriptor drops the process's POSIX locks
+        os.close(fd)  # the last close of the open file drops its OFD lock
     wait_for(lambda: nb_flock(fa, fcntl.LOCK_EX), 10.0, "free again on A")
     assert_check_clean(store_url)
 
