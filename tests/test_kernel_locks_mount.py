@@ -231,8 +231,8 @@ print("done", flush=True)
 
 
 def test_sqlite_rollback_journal_takes_turns_from_two_mounts(mounter: Callable[..., Mount],
-                                                             store_url: str) -> None:
-    fa, fb = mounts(mounter, store_url, 2)
+                                                             s3_url: str) -> None:
+    fa, fb = mounts(mounter, s3_url, 2)
     da, db_ = fa.parent / "count.db", fb.parent / "count.db"
     with sqlite3.connect(da, isolation_level=None) as c:
         c.execute("PRAGMA journal_mode=DELETE")
@@ -285,8 +285,9 @@ def test_read_modify_write_under_flock_from_three_mounts(mounter: Callable[..., 
     assert not [x for x in paths[0].parent.iterdir() if ".conflict" in x.name]
 
 
-def test_read_only_mount_takes_shared_locks(mounter: Callable[..., Mount], store_url: str) -> None:
-    fa, _ = mounts(mounter, store_url, 2)
+def test_read_only_mount_takes_shared_locks(mounter: Callable[..., Mount], tmp_path: Path) -> None:
+    store_url = (tmp_path / "store").as_uri()
+    (fa,) = mounts(mounter, store_url, 1)
     ro = mounter(store_url, "--read-only", "--lease-ttl", TTL)
     fr = ro.path / "ws" / "f"
     wait_for(lambda: read_or_none(fr) == b"0", 15.0)
