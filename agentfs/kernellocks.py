@@ -105,6 +105,8 @@ class FileLocks:
     cached: bool = False
     #: the store marks this mount's holder as cached (a hint for other mounts)
     hinted: bool = False
+    #: the process the store shows as this mount's holder
+    holder_pid: int = 0
     #: another holder took the lease over (TTL after a freeze): writes are fenced
     lost: bool = False
     #: set when a local lock goes: wakes local waiters
@@ -338,6 +340,8 @@ class KernelLocks(LeaseStores):
                     timeout = 1.0
                 elif fl.ws is None or fl.covers(write):
                     take()
+                    if fl.cached and pid != fl.holder_pid:
+                        await self._retag(fl, pid)  # another process: the store shows it
                     fl.cached = False
                     return
                 else:
@@ -370,6 +374,14 @@ class KernelLocks(LeaseStores):
                 with trio.CancelScope(shield=True):
                     await self._relax(fl, ino)
 
+    async def _retag(self, fl: FileLocks, pid: int) -> None:
+        assert fl.ws is not None
+        try:
+            if await self._io(self.leases(fl.ws).retag, fl.path, fl.token, self._who(pid)):
+                fl.holder_pid, fl.hinted = pid, False
+        except AgentFSError as e:
+            log.info("lock on %s/%s: holder not updated (%s)", fl.ws, fl.path, e)
+
     async def _leave(self, fl: FileLocks) -> None:
         assert fl.ws is not None
         try:
@@ -396,7 +408,7 @@ class KernelLocks(LeaseStores):
                 if await self.ring_cached(fl.ws, fl.path, self.who):
                     raise _Cached(e.strerror or "", path=fl.path) from None
                 raise
-            fl.mode, fl.token, fl.lost, fl.hinted = mode, token, False, False
+            fl.mode, fl.token, fl.lost, fl.hinted, fl.holder_pid = mode, token, False, False, pid
             log.debug("lock on %s/%s: lease %s, token %d", fl.ws, fl.path, mode, token)
             if first:
                 await self._catch_up(fl.ws, fl.path, seq)
@@ -453,7 +465,8 @@ class KernelLocks(LeaseStores):
             fl.mode = None
             log.debug("lock on %s/%s: lease given back at seq %d", fl.ws, fl.path, seq)
         else:
-            fl.token, _ = await self._io(ls.take, fl.path, SHARED, self._who(fl.spans[0].pid), self.ttl,
+            fl.holder_pid = fl.spans[0].pid
+            fl.token, _ = await self._io(ls.take, fl.path, SHARED, self._who(fl.holder_pid), self.ttl,
                                          seq=seq)
             fl.mode = SHARED
         fl.hinted = False

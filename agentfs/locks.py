@@ -329,6 +329,20 @@ class LeaseStore:
 
         return bool(self._update(path, fn))
 
+    def retag(self, path: str, token: int, who: Who) -> bool:
+        """The holder with ``token`` now holds for ``who`` (its agent and pid are
+        shown), no longer cached; False when it no longer holds."""
+        def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:
+            if lease is None or not any(h.token == token for h in lease.holders):
+                return None, False
+            lease = lease.model_copy(deep=True)
+            for h in lease.holders:
+                if h.token == token:
+                    h.agent, h.pid, h.cached = who.agent, who.pid, False
+            return lease, True
+
+        return bool(self._update(path, fn))
+
     def leave(self, path: str, who: Who) -> bool:
         """Drop ``who``'s waiter registration (a locker that gave up); False if it had none."""
         def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:

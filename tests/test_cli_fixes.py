@@ -11,7 +11,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +133,10 @@ def test_cli_lock_exit_codes_on_a_mount(mounted_ws: Path, tmp_path: Path) -> Non
         fcntl.flock(fd, fcntl.LOCK_EX)
         r = cli("lock", "-n", str(f), "--", "true")
         assert r.returncode == 1
-        assert r.stderr.decode().strip() == f"agentfs: could not get an exclusive lock: lock is held: {f}"
+        # the message names the holder (this test process, through the mount's lease)
+        assert re.fullmatch(rf"agentfs: could not get an exclusive lock: lock is held "
+                            rf"\(\S+@{re.escape(socket.gethostname())} pid {os.getpid()} token \d+\): "
+                            rf"{re.escape(str(f))}", r.stderr.decode().strip()), r.stderr
         assert cli("lock", "-n", "-E", "9", str(f), "--", "true").returncode == 9
         r = cli("lock", "-w", "0.3", str(f), "--", "true")
         assert r.returncode == 1 and b"not free within 0.3s" in r.stderr, r.stderr
