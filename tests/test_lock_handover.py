@@ -58,7 +58,8 @@ def finish(procs: list[subprocess.Popen], paths: list[Path], total: int, url: st
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
     for path in paths:
-        wait_for(lambda path=path: read_or_none(path) == str(total).encode(), 15.0, f"{total} on {path}")
+        wait_for(lambda path=path: (read_or_none(path) or b"").strip() == str(total).encode(), 15.0,
+                 f"{total} on {path}")
     assert not [x for x in paths[0].parent.iterdir() if ".conflict" in x.name]
 
 
