@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from locks import S3_ENV, is_mounted, start_moto  # noqa: E402
+from locks import S3_ENV, is_mounted, start_moto, unmount  # noqa: E402
 
 
 class Mounts:
@@ -62,15 +62,7 @@ class Mounts:
 
     def close(self) -> None:
         for proc, mp in self.procs:
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+            unmount(proc, mp)
 
 
 def pairs_per_s(paths: list[Path], n: int, *, reopen: bool) -> float:

@@ -3,7 +3,7 @@
 
     python benchmarks/floor.py [--n 1000] [--reps 3]
 
-Starts `rclone serve s3` (the one /work/shared/bench installs) on a free port of
+Starts `rclone serve s3` (the one the agentbench harness installs) on a free port of
 127.0.0.1 over a scratch directory, makes N sequential 4 KiB PutObject calls with
 boto3 (one client, keep-alive), and prints the total time and ms per PUT (median of
 ``--reps`` rounds).  The issue's small-file target compares agentfs's create of N
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RCLONE = Path(os.environ.get("AGENTBENCH_DIR", "/work/shared/bench")) / "_local/venv/bin/rclone"
+RCLONE = Path(os.environ.get("AGENTBENCH_DIR", Path(__file__).resolve().parents[2] / "shared" / "bench")) / "_local/venv/bin/rclone"
 KEY, SECRET = "benchaccesskey", "benchsecretkey123"
 
 

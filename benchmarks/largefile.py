@@ -1,4 +1,4 @@
-"""Large-file benchmark: one agentfs mount on `rclone serve s3` (or moto), issue 6.
+"""Large-file benchmark: one agentfs mount on `rclone serve s3` (or moto).
 
 Phases (seconds, and the mount daemon's peak RSS per phase from VmHWM):
 
@@ -9,7 +9,7 @@ Phases (seconds, and the mount daemon's peak RSS per phase from VmHWM):
 
 Run as root (FUSE, drop_caches, clear_refs), with a Python that has boto3, e.g.::
 
-    /work/shared/bench/_local/venv/bin/python benchmarks/largefile.py --size 256 --reps 3
+    $AGENTBENCH_DIR/_local/venv/bin/python benchmarks/largefile.py --size 256 --reps 3
 
 ``--server moto`` uses moto_server instead of rclone; ``--spy DIR`` records a py-spy
 profile of the mount daemon per rep (needs py-spy in the agentfs venv).
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-BENCH_BIN = Path("/work/shared/bench/_local/venv/bin")
+BENCH_BIN = Path(os.environ.get("AGENTBENCH_DIR", Path(__file__).resolve().parents[2] / "shared" / "bench")) / "_local/venv/bin"
 KEY, SECRET = "benchaccesskey", "benchsecretkey"
 LOG_LEVEL = "info"
 

@@ -57,6 +57,19 @@ def is_mounted(p: Path) -> bool:
         return any(line.split()[1] == str(p) for line in f)
 
 
+def unmount(proc: subprocess.Popen, mp: Path) -> None:
+    """Unmount ``mp`` and wait for its daemon ``proc`` (killed by PID after 60 s)."""
+    if is_mounted(mp):
+        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if is_mounted(mp):
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+
 def start_moto(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """A moto S3 server on a free port of 127.0.0.1 (the caller stops it by PID) and its URL."""
     port = free_port()
@@ -188,15 +201,7 @@ def main() -> int:
         return 0
     finally:
         for proc, mp in mounts:
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+            unmount(proc, mp)
         moto.kill()
         moto.wait()
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# agentfs beside its peers, through the shared harness (/work/shared/bench, agentbench).
+# agentfs beside its peers, through the peer harness agentbench ($AGENTBENCH_DIR: its checkout).
 #
 #   sudo bash benchmarks/peers.sh [REPS] [extra agentbench args...]
 #
@@ -9,10 +9,10 @@
 # Before them, benchmarks/floor.py measures the request floor (N sequential 4 KiB PUTs) on
 # the same kind of server.  Each run writes its table to benchmarks/results/peers-DATE-{durable,writeback}.md (and the
 # raw .json); the harness prints the tables too.  Needs the harness set up once
-# (`sudo /work/shared/bench/setup.sh`) and this repo's .venv (scripts/setup.sh).
+# (`sudo "$AGENTBENCH_DIR/setup.sh"`) and this repo's .venv (scripts/setup.sh).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-BENCH=${AGENTBENCH_DIR:-/work/shared/bench}
+BENCH=${AGENTBENCH_DIR:-"$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"}
 REPS=${1:-3}
 shift || true
 OUT="$HERE/results"

@@ -3,8 +3,8 @@
 
 Self-contained (stdlib + boto3/moto from the venv); run as root for cold reads:
 
-    /work/venv/bin/python benchmarks/quick.py --quick       # smoke run, < 2 minutes
-    /work/venv/bin/python benchmarks/quick.py --reps 3      # the full run
+    .venv/bin/python benchmarks/quick.py --quick       # smoke run, < 2 minutes
+    .venv/bin/python benchmarks/quick.py --reps 3      # the full run
 
 It starts a moto S3 server (subprocess) and, for every repetition and target, a fresh
 store (directory / bucket) and a fresh `python -m agentfs mount --foreground` daemon;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak: many more seeded SIGKILL points and long fault runs than CI (issue 7).
+# Soak: many more seeded SIGKILL points and long fault runs than CI.
 #
 #   bash scripts/soak.sh [--seed N] [--duration SECONDS] [--kills N] [--ops N] [--s3]
 #

@@ -22,7 +22,7 @@ from agentfs.api import WorkspaceClient
 from agentfs.check import check_store
 from agentfs.store import open_store
 
-__all__ = ["WS"]
+__all__ = ["WS", "checked_clean"]
 
 #: The workspace ``clients()`` opens by default.
 WS = "ws"
@@ -37,6 +37,11 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         u = f"file://{tmp_path}/store"
     else:
         u = request.getfixturevalue("s3_url")
+    yield from checked_clean(u)
+
+
+def checked_clean(u: str) -> Iterator[str]:
+    """Yield the store URL ``u``; afterwards the store must be consistent (agentfs check)."""
     yield u
     store = open_store(u)
     try:

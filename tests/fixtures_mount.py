@@ -26,7 +26,7 @@ import pytest
 from agentfs.check import check_store
 from agentfs.store import open_store
 
-__all__ = ["Mount", "fuse_available"]
+__all__ = ["Mount", "fuse_available", "is_mounted"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
 
 
-def _is_mounted(path: Path) -> bool:
+def is_mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/mounts") as f:
         return any(line.split()[1] == target for line in f)
@@ -62,7 +62,7 @@ class Mount:
         """Clean unmount (waits for the daemon to exit); returns its exit code."""
         if self.dead:
             return self.proc.returncode
-        if _is_mounted(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
                            capture_output=True)
         try:
@@ -71,7 +71,7 @@ class Mount:
             self.kill()
             raise AssertionError(f"daemon {self.pid} did not exit after unmount") from None
         self.dead = True
-        if _is_mounted(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], check=False)
         return rc
 
@@ -82,7 +82,7 @@ class Mount:
             self.proc.wait(timeout=30)
         self.dead = True
         self.expect_errors = True
-        if _is_mounted(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
                            capture_output=True)
 
@@ -102,7 +102,7 @@ class Mount:
 def _wait_mounted(m: Mount, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _is_mounted(m.path):
+        if is_mounted(m.path):
             return
         if m.proc.poll() is not None:
             raise AssertionError(

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_mount import REPO, Mount, _is_mounted
+from tests.fixtures_mount import REPO, Mount, is_mounted
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -558,7 +558,7 @@ def test_agentfs_umount_waits_for_the_daemon(mounter: Callable[..., Mount], stor
     rc = m.proc.poll()
     assert rc is not None, f"agentfs umount returned after {took:.2f}s but daemon {m.pid} still runs"
     assert rc == 0, f"the daemon exited with {rc} after a clean unmount:\n{m.log_text()[-3000:]}"
-    assert not _is_mounted(m.path)
+    assert not is_mounted(m.path)
     print(f"agentfs umount took {took:.2f}s")
     bad = {rel: desc(_store_bytes(request, store_url, f"ws/{rel}")) for rel, data in expected.items()
            if _store_bytes(request, store_url, f"ws/{rel}") != data}

@@ -26,7 +26,7 @@ import pyfuse3
 import pytest
 
 from tests import lock_ops_fs
-from tests.fixtures_mount import REPO, fuse_available
+from tests.fixtures_mount import REPO, fuse_available, is_mounted
 
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment).
 FLOCK_FMT = "hhqqi"
@@ -34,12 +34,6 @@ FLOCK_FMT = "hhqqi"
 
 def flock_struct(type_: int, start: int = 0, length: int = 0) -> bytes:
     return struct.pack(FLOCK_FMT, type_, os.SEEK_SET, start, length, 0)
-
-
-def _is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == target for line in f)
 
 
 @dataclass
@@ -73,14 +67,14 @@ class LockFs:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if _is_mounted(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-u", str(self.path)], check=False, capture_output=True)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        if _is_mounted(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
 
 
@@ -104,7 +98,7 @@ def start_fs(tmp_path: Path) -> Iterator[Callable[..., LockFs]]:
         fs = LockFs(mp, log, err, proc)
         started.append(fs)
         deadline = time.monotonic() + 20
-        while not _is_mounted(mp):
+        while not is_mounted(mp):
             if proc.poll() is not None or time.monotonic() > deadline:
                 fs.stop()
                 raise AssertionError(f"file system did not mount:\n{err.read_text()}")

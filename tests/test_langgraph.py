@@ -38,6 +38,7 @@ from agentfs.langgraph import AgentFSSaver
 from agentfs.langgraph.records import files_checkpoint_name, files_checkpoint_prefix
 from agentfs.models import Commit
 from agentfs.store import open_store
+from tests.fixtures_api import checked_clean
 from tests.lg_graph import build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,16 +48,7 @@ Saver = Callable[..., AgentFSSaver]
 @pytest.fixture(params=["file"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A local directory store (the S3 tests ask for ``s3_url``); checked clean afterwards."""
-    from agentfs.check import check_store
-
-    u = f"file://{tmp_path}/store"
-    yield u
-    store = open_store(u)
-    try:
-        rep = check_store(store)
-    finally:
-        store.close()
-    assert rep.clean, rep.model_dump_json(indent=2)
+    yield from checked_clean(f"file://{tmp_path}/store")
 
 
 @pytest.fixture
