@@ -244,6 +244,12 @@ class FileLock:
         finally:
             self.leased = False
             fd, self.fd = self.fd, -1
+            # An explicit unlock, not just the close: on a mount with kernel
+            # locks it is settled in the store before it returns, so another
+            # mount may take the lock at once (an unlock by close is settled
+            # just after the close returns).
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def __enter__(self) -> FileLock:
