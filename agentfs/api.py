@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, handover, localmounts, openmarks
+from agentfs import agentstate, checkpoints, localmounts, openmarks
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -43,7 +43,7 @@ from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
-from agentfs.workspace import OpenFile, Workspace, check_workspace_name
+from agentfs.workspace import OpenFile, Workspace, check_workspace_name, handover
 
 __all__ = ["FileStat", "WorkspaceClient", "checkpoint", "open_workspace"]
 
@@ -394,7 +394,7 @@ class WorkspaceClient:
     def checkpoints(self) -> list[Checkpoint]:
         """The live checkpoints, oldest first."""
         async def go() -> list[Checkpoint]:
-            return await self._w._io(checkpoints.list_checkpoints, self.store, self.name,
+            return await self._w.io(checkpoints.list_checkpoints, self.store, self.name,
                                      dict(self._w.ns.checkpoints))
         return self._run(go)
 
@@ -418,7 +418,7 @@ class WorkspaceClient:
             seq = self._w.ns.checkpoints.get(name)
             if seq is None:
                 raise NotFound("no such checkpoint", path=name)
-            return await self._w._io(checkpoints.state_at, self.store, self.name, seq)
+            return await self._w.io(checkpoints.state_at, self.store, self.name, seq)
         return self._run(go)
 
     def read_checkpoint_bytes(self, name: str, path: str) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, Field
 
-from agentfs import checkpoints, intents
+from agentfs import checkpoints
 from agentfs.cache import Cache
 from agentfs.errors import AgentFSError, CorruptRecord, NotFound
 from agentfs.journal import META
@@ -28,7 +28,7 @@ from agentfs.models import Commit, DelOp, MoveOp, PutOp, Record
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
 from agentfs.store.retry import unwrap
-from agentfs.workspace import Workspace, check_workspace_name
+from agentfs.workspace import Workspace, check_workspace_name, intents
 
 __all__ = ["CheckReport", "WorkspaceReport", "check_store", "lost_writes"]
 

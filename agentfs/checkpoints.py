@@ -184,12 +184,12 @@ async def preserve(ws: Workspace, path: str, entry: Entry) -> None:
         return
     key = blob_key(ws.name, blob_id(entry, path))
     try:
-        await ws._io(ws.store.head, key)
+        await ws.io(ws.store.head, key)
         return
     except NotFound:
         pass
     try:
-        await ws._io(ws.store.copy, ws.key(path), key, if_match=entry.etag)
+        await ws.io(ws.store.copy, ws.key(path), key, if_match=entry.etag)
         log.debug("workspace %s: preserved %s as %s", ws.name, path, key)
     except (PreconditionFailed, NotFound):
         log.warning("workspace %s: %s changed outside agentfs; its checkpointed version is lost",
@@ -299,7 +299,7 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
     this returns only after that window (``1.5 * FENCE``) has passed, so
     every overwrite that starts later preserves what the checkpoint needs.
     """
-    ws._writable()
+    ws.check_writable()
     # only None picks a default; an empty name ("$UNSET" in a script) is refused
     name = default_name(prefix) if name is None else name
     check_checkpoint_name(name)
@@ -319,7 +319,7 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
         raise AlreadyExists("checkpoint name taken by another mount meanwhile", path=name)
     cp = Checkpoint(name=name, workspace=ws.name, seq=seq, by=caller.agent or ws.agent, note=note,
                     files=files, bytes=size)
-    await ws._io(write_record, ws.store, cp)
+    await ws.io(write_record, ws.store, cp)
     log.info("workspace %s: checkpoint %s at seq %d", ws.name, name, seq)
     if wait_fence:
         await trio.sleep(1.5 * FENCE)
@@ -328,18 +328,18 @@ async def create(ws: Workspace, name: str | None, caller: Caller, *, note: str =
 
 async def delete(ws: Workspace, name: str, caller: Caller) -> None:
     """Drop checkpoint ``name`` (its blobs become collectable by gc)."""
-    ws._writable()
+    ws.check_writable()
     await ws.pull()
     if name not in ws.ns.checkpoints:
         raise NotFound("no such checkpoint", path=name)
-    rec = await ws._io(read_record, ws.store, ws.name, name)
+    rec = await ws.io(read_record, ws.store, ws.name, name)
     if rec is not None:
         for f in rec.forks:
-            if await ws._io(_fork_pending, ws.store, f, ws.name):
+            if await ws.io(_fork_pending, ws.store, f, ws.name):
                 raise Busy(f"workspace {f!r} forked from it is not materialised yet", path=name)
     await ws.commit([ws.record("checkpoint-delete", CheckpointOp(name=name, delete=True), caller, name=name)])
     for ext in ("json", "md"):
-        await ws._io(ws.store.delete, snap_key(ws.name, name, ext))
+        await ws.io(ws.store.delete, snap_key(ws.name, name, ext))
 
 
 def _fork_pending(store: ObjectStore, fork_ws: str, src_ws: str) -> bool:
@@ -397,7 +397,7 @@ async def read_version(ws: Workspace, path: str, entry: Entry, off: int, size: i
         return b""
     for key, etag in _candidates(ws, path, entry):
         bf = ws.cache.blockfile(key, etag or "blob", entry.size)
-        fetch = ws._fetcher(key, etag)
+        fetch = ws.fetcher(key, etag)
         try:
             return await ws.cache.read(bf, off, size, fetch)
         except (NotFound, PreconditionFailed, BaseExceptionGroup) as e:
@@ -410,7 +410,7 @@ async def fetch_version(ws: Workspace, path: str, entry: Entry) -> Any:
     """A complete local copy (a cache path) of one version, for modification."""
     for key, etag in _candidates(ws, path, entry):
         bf = ws.cache.blockfile(key, etag or "blob", entry.size)
-        fetch = ws._fetcher(key, etag)
+        fetch = ws.fetcher(key, etag)
         try:
             await ws.cache.fill(bf, fetch)
             return ws.cache.take(bf)
@@ -444,7 +444,7 @@ async def materialise(ws: Workspace, caller: Caller | None = None, *, limit: int
             await ws.garbage.claim(ws.key(path))  # a pending delete of the key runs first
             for key, etag in _candidates(ws, path, e):
                 try:
-                    info = await ws._io(ws.store.copy, key, ws.key(path), if_match=etag)
+                    info = await ws.io(ws.store.copy, key, ws.key(path), if_match=etag)
                 except (NotFound, PreconditionFailed):
                     continue
                 except AgentFSError as err:  # store trouble: retried on the next round
@@ -480,7 +480,7 @@ def pending_materialisation(ws: Workspace) -> bool:
         return False
     pending = any(n.entry.data_key for _, n in ws.ns.walk() if n.entry.kind == "f")
     if not pending:
-        ws._cp_clean_seq = ws.ns.seq  # type: ignore[attr-defined]
+        ws.cp_clean_seq = ws.ns.seq  # type: ignore[attr-defined]
     return pending
 
 
@@ -499,12 +499,12 @@ async def restore(ws: Workspace, name: str, caller: Caller, *, materialize: bool
     once, or not at all); files whose bytes are not at their natural key point
     at their blob (``data_key``) until :func:`materialise` copies them.
     """
-    ws._writable()
+    ws.check_writable()
     await ws.pull()
     seq = ws.ns.checkpoints.get(name)
     if seq is None:
         raise NotFound("no such checkpoint", path=name)
-    target = await ws._io(state_at, ws.store, ws.name, seq)
+    target = await ws.io(state_at, ws.store, ws.name, seq)
     undo = await create(ws, None, caller, note=f"automatic, before restoring {name}", prefix="pre-restore")
     async with ws.ns_lock.exclusive():
         await ws.pull()
@@ -528,7 +528,7 @@ async def restore(ws: Workspace, name: str, caller: Caller, *, materialize: bool
         async def locate(path: str, e: Entry) -> None:
             key = blob_key(ws.name, blob_id(e, path))
             try:
-                info = await ws._io(ws.store.head, key)
+                info = await ws.io(ws.store.head, key)
             except NotFound:
                 raise NotFound("a file of the checkpoint has no preserved copy (changed outside agentfs)",
                                path=path) from None
@@ -565,7 +565,7 @@ async def restore(ws: Workspace, name: str, caller: Caller, *, materialize: bool
                     if n.entry.kind == "f" and n.entry.etag is not None and not n.entry.data_key:
                         garbage.append((ws.key(sub), n.entry.etag))
     if garbage:
-        await ws._delete_keys(garbage)
+        await ws.delete_keys(garbage)
     log.info("workspace %s: restored checkpoint %s (%d changes); undo with %s", ws.name, name,
              len(records), undo.name)
     if materialize:
@@ -606,12 +606,12 @@ async def fork(src: Workspace, name: str, new: Workspace, caller: Caller, *,
         raise NotFound("no such checkpoint", path=name)
     if new.ns.seq > 1 or len(new.ns.root.children or {}) > 0:
         raise AlreadyExists("the fork's workspace already exists", path=new.name)
-    rec = await src._io(read_record, src.store, src.name, name) or Checkpoint(
+    rec = await src.io(read_record, src.store, src.name, name) or Checkpoint(
         name=name, workspace=src.name, seq=seq)
     if new.name not in rec.forks:
         rec.forks.append(new.name)
-        await src._io(write_record, src.store, rec)
-    target = await src._io(state_at, src.store, src.name, seq)
+        await src.io(write_record, src.store, rec)
+    target = await src.io(state_at, src.store, src.name, seq)
     records: list[Record] = []
     for path in sorted(target.entries, key=lambda p: (p.count("/"), p)):
         e = target.entries[path]
@@ -621,7 +621,7 @@ async def fork(src: Workspace, name: str, new: Workspace, caller: Caller, *,
             cand = _candidates(src, path, e)[0][0]
             upd: dict[str, Any] = {"data_key": cand}
             if cand.startswith(META + "/"):
-                upd["etag"] = (await src._io(src.store.head, cand)).etag
+                upd["etag"] = (await src.io(src.store.head, cand)).etag
             e = e.model_copy(update=upd)
         records.append(new.record("fork", PutOp(path=path, entry=e), caller, source=f"{src.name}@{name}"))
     if records:
@@ -706,7 +706,7 @@ async def prune(ws: Workspace, caller: Caller, *, keep_last: int | None, keep_wi
     if keep_last is None and keep_within is None:
         return []
     await ws.pull()
-    cps = await ws._io(list_checkpoints, ws.store, ws.name, dict(ws.ns.checkpoints))
+    cps = await ws.io(list_checkpoints, ws.store, ws.name, dict(ws.ns.checkpoints))
     now = time.time()
     keep: set[str] = set()
     if keep_last is not None:
@@ -865,7 +865,7 @@ class SnapshotView(_View):
         async with self._lock:
             if self.loaded:
                 return
-            state = await self.ws._io(state_at, self.ws.store, self.ws.name, self.seq)
+            state = await self.ws.io(state_at, self.ws.store, self.ws.name, self.seq)
             self.ns.load_state(state)
             self.loaded = True
 

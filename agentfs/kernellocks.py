@@ -30,7 +30,7 @@ request of a mount to this module instead of keeping the lock to itself.
   mount uploads the file's unwritten bytes and commits its journal records
   (the release records its journal position in the lease); a mount that
   takes a lease catches up to that position and refreshes its open files of
-  the path first (:mod:`agentfs.handover`).
+  the path first (:mod:`agentfs.workspace.handover`).
 - **Waiting**: a blocking request waits in its own task (other requests go
   on), polls the lease with backoff, is woken at once by a local unlock,
   and registers as an exclusive waiter in the lease (renewed by each poll,

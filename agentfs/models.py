@@ -277,7 +277,7 @@ class RenameIntent(_Versioned):
 
     ``keys`` are the new natural keys the copies create; ``seq`` is the journal
     position when the rename began (its commit, if any, comes after it and
-    carries ``detail["intent"] == id``).  See :mod:`agentfs.intents`.
+    carries ``detail["intent"] == id``).  See :mod:`agentfs.workspace.intents`.
     """
 
     v: int = FORMAT_VERSION

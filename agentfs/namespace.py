@@ -258,7 +258,7 @@ class Namespace:
             same = cur is not None and cur.entry.kind == "f" and cur.entry.etag == entry.etag \
                 and cur.entry.data_key == entry.data_key
             # a negative vseq marks a version applied locally ahead of
-            # its deferred commit (agentfs/groupcommit.py): stamp it now.
+            # its deferred commit (agentfs/workspace/groupcommit.py): stamp it now.
             same = same and cur is not None and cur.entry.vseq >= 0
             vseq = cur.entry.vseq if same and cur is not None else self.seq
             if entry.vseq != vseq:

@@ -24,15 +24,7 @@ from pathlib import Path
 
 import trio
 
-from agentfs import (
-    agentstate,
-    checkpoints,
-    garbage,
-    groupcommit,
-    localmounts,
-    openmarks,
-    writeback,
-)
+from agentfs import agentstate, checkpoints, localmounts, openmarks, writeback
 from agentfs.cache import Cache
 from agentfs.errors import (
     AgentFSError,
@@ -56,7 +48,7 @@ from agentfs.locks import (
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node
 from agentfs.store.base import ObjectStore
 from agentfs.vfslocks import LockRequests
-from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name
+from agentfs.workspace import Attr, OpenFile, Workspace, check_workspace_name, garbage, groupcommit
 
 __all__ = ["CONTROL_PID", "CONTROL_SYNC", "FileSystem", "Notifier"]
 
@@ -148,10 +140,10 @@ class FileSystem(LockRequests):
         self.leases = LeaseManager(store, agent=self.agent, mount_id=self.mount_id, ttl=lease_ttl,
                                    limiter=self.limiter)
 
-        #: deferred group commit of closes (agentfs/groupcommit.py); set
+        #: deferred group commit of closes (agentfs/workspace/groupcommit.py); set
         #: when the flusher task runs (run_background): without it, closes commit.
         self.flusher: groupcommit.Flusher | None = None
-        #: deletes garbage keys in the background (agentfs/garbage.py)
+        #: deletes garbage keys in the background (agentfs/workspace/garbage.py)
         self.collector: garbage.Collector | None = None
         #: whether the store refuses a second conditional create (probed at start)
         self.cas = True

@@ -5,7 +5,7 @@ turns lock requests into calls on :class:`agentfs.locks.LeaseManager` (the
 ``user.agentfs.lock`` attribute) and :class:`agentfs.kernellocks.KernelLocks`
 (``flock(2)``, ``fcntl`` locks), and hands both what locks need from the
 mount: committing a holder's writes before a lease goes, catching up before
-a locker goes on (:mod:`agentfs.handover`), refusing fenced writes.
+a locker goes on (:mod:`agentfs.workspace.handover`), refusing fenced writes.
 
 Error contract: as the two lock managers (WouldBlock, InvalidArgument, store
 errors); a setxattr refused by a held lease is LeaseBusy (EBUSY).
@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from agentfs import handover
 from agentfs.errors import AgentFSError, LeaseBusy, NotSupported, WouldBlock
 from agentfs.identity import Caller
 from agentfs.kernellocks import KernelLocks
 from agentfs.locks import LeaseManager, break_record, lineage, parse_lock_value
 from agentfs.namespace import Node
+from agentfs.workspace import handover
 
 if TYPE_CHECKING:
     from agentfs.vfs import FileHandle
@@ -58,7 +58,7 @@ class LockRequests:
         set ``break``: clear it (audited); remove: release the caller's lease."""
         node = self.node(ino)
         ws = self._ws(node)
-        path = ws._path(node)
+        path = ws.path_of(node)
         if op == "get":
             return await self.leases.show(ws.name, path)
         assert caller is not None

@@ -294,7 +294,7 @@ class Writeback:
         self._drop_link(q)
         self._changed.set()
         path = ws.ns.path_of(of.node)
-        for p in reversed(ws._queue):
+        for p in reversed(ws.commit_queue):
             # the upload's journal record waits in a deferred group commit: the
             # queue keeps the record (the bytes are in the store) until it is written
             if p.deferred and not p.done and any(isinstance(r.op, PutOp) and r.op.path == path
@@ -314,7 +314,7 @@ class Writeback:
         if FSYNC:
             await trio.to_thread.run_sync(os.fsync, self._log_fd)
         ws.commit_deferred(records)
-        self._awaiting.append((ws, ws._queue[-1], qid, line))
+        self._awaiting.append((ws, ws.commit_queue[-1], qid, line))
         self._wake.set()
 
     def _prune(self) -> None:
@@ -387,7 +387,7 @@ class Writeback:
         self.settled(ws, of)
         if of.handles <= 0:
             of.dirty = False
-            ws._forget_open(of)
+            ws.forget_open(of)
 
     async def rename_local(self, ws: Workspace, old_parent: Node, old_name: str, new_parent: Node,
                            new_name: str, *, noreplace: bool) -> bool:
@@ -426,7 +426,7 @@ class Writeback:
                     if dof is not None:
                         self.settled(ws, dof)
                         dof.dirty = False
-                        ws._forget_open(dof)
+                        ws.forget_open(dof)
                 else:
                     # the moved file becomes the next version of the committed one
                     src.entry = dst.entry.model_copy(update={
@@ -469,13 +469,13 @@ class Writeback:
             if not of.dirty:
                 self.settled(ws, of)
                 if of.handles <= 0:
-                    ws._forget_open(of)
+                    ws.forget_open(of)
         finally:
             q.uploading = False
 
     async def _upload_call(self, q: _Queued) -> None:
         try:
-            await q.ws._upload(q.of, q.caller)
+            await q.ws.upload(q.of, q.caller)
         except (Fenced, ConflictError):
             pass  # kept as a conflict copy (settled); the close already returned
 
@@ -671,20 +671,20 @@ class Writeback:
         elif node.entry.etag == rec.base_etag:
             node.entry = node.entry.model_copy(update={
                 k: getattr(entry, k) for k in ("mode", "uid", "gid", "xattrs")})
-        of = ws._open_file(node)
-        ws._make_local(of, None, data)
+        of = ws.open_file(node)
+        ws.make_local(of, None, data)
         of.mtime_ns = rec.entry.mtime_ns
         of.base_etag = rec.base_etag
         of.last_path = rec.path
         of.dirty = True
         of.gen += 1
         try:
-            await ws._upload(of, caller)
+            await ws.upload(of, caller)
         except ConflictError:
             detached = True  # another mount changed it meanwhile: the queued bytes are the copy
         finally:
             if not of.dirty:
-                ws._forget_open(of)
+                ws.forget_open(of)
         if of.dirty:
             raise AgentFSError(f"writeback: replay of {rec.path} did not settle")
         log.info("writeback: replayed %s%s", rec.path, " (kept as a conflict copy)" if detached else "")

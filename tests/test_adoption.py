@@ -16,11 +16,11 @@ from typing import Any
 
 import trio
 
-from agentfs import adoption
-from agentfs.groupcommit import Flusher
 from agentfs.identity import Caller
 from agentfs.models import PutOp
 from agentfs.store.memory import MemoryStore
+from agentfs.workspace import adoption
+from agentfs.workspace.groupcommit import Flusher
 from tests.test_groupcommit import _with_flusher, _write_file, _ws
 
 

@@ -1,6 +1,6 @@
 """Old keys of unlinks and renames are deleted after the syscall returns.
 
-``agentfs/garbage.py``: the deletes are queued and drained by the mount's
+``agentfs/workspace/garbage.py``: the deletes are queued and drained by the mount's
 collector.  ``AGENTFS_GARBAGE_DELAY`` keeps them pending, so these tests see
 what happens while a delete is still queued:
 

@@ -20,12 +20,12 @@ import trio
 
 from agentfs.cache import Cache
 from agentfs.errors import StoreUnavailable
-from agentfs.groupcommit import Flusher
 from agentfs.identity import Caller
 from agentfs.namespace import InodeTable
 from agentfs.store.faults import FaultyStore
 from agentfs.store.memory import MemoryStore
 from agentfs.workspace import Workspace
+from agentfs.workspace.groupcommit import Flusher
 from tests.fixtures_mount import Mount
 from tests.test_crash import assert_check_clean, crash, snapshot
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from agentfs import groupcommit, intents
 from agentfs.errors import BadName, NameTooLong, NotFound, Stale
 from agentfs.identity import Caller
 from agentfs.models import DelOp, Entry, PutOp, Record
 from agentfs.names import check_name
 from agentfs.namespace import Changes
 from agentfs.store.base import ObjectInfo
+from agentfs.workspace import groupcommit, intents
 
 if TYPE_CHECKING:
     from agentfs.namespace import Node
@@ -62,15 +62,15 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
     now = now or time.time()
     prefix = ws.key("")
     # interrupted renames are undone; keys of renames in progress wait
-    in_progress = await intents.settle(ws, now, ws._renaming)
+    in_progress = await intents.settle(ws, now, ws.renaming)
     # The versions the journal gave each file before the listing: a file that
     # changed here while we listed is compared with a stale listing, so it is
     # left to the next scan (and a record is dropped if it changed by commit time).
     before = {path: node.entry.etag for path, node in ws.ns.walk() if node.entry.kind == "f"}
-    objects = {o.key[len(prefix):]: o for o in await ws._io(lambda: list(ws.store.list(prefix)))}
+    objects = {o.key[len(prefix):]: o for o in await ws.io(lambda: list(ws.store.list(prefix)))}
     # A rename that began while we listed has copies in the listing: every
     # intent still there protects its keys (only protects; settled above).
-    in_progress |= {k for _, i in await ws._io(intents.pending, ws.journal) if i is not None
+    in_progress |= {k for _, i in await ws.io(intents.pending, ws.journal) if i is not None
                     for k in i.keys}
     if changed_now:
         # commits made while we listed (a remove after its object
@@ -127,16 +127,16 @@ async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = F
                 and not node.entry.data_key:
             if node.ino in ws.open_files or before.get(path) != node.entry.etag:
                 continue
-            if path in ws._missing_seen:
+            if path in ws.missing_seen:
                 records.append(ws.record("external-delete", DelOp(path=path), caller, was=node.entry.etag))
             else:
                 seen_missing.add(path)
-    ws._missing_seen = seen_missing
+    ws.missing_seen = seen_missing
     if records:
         await ws.commit(records)
         log.info("workspace %s: adopted %d external changes", ws.name, len(records))
     if leftovers:
-        await ws._delete_keys(leftovers)
+        await ws.delete_keys(leftovers)
         log.info("workspace %s: removed %d leftover objects", ws.name, len(leftovers))
     return len(records)
 
@@ -149,7 +149,7 @@ def _untracked(ws: Workspace, path: str, etag: str) -> bool:
 
 async def _await_young_records(ws: Workspace, objects: dict[str, ObjectInfo]) -> None:
     """Before adopting at once (at mount): an untracked object younger than
-    :data:`~agentfs.groupcommit.YOUNG` may be a live mount's close whose
+    :data:`~agentfs.workspace.groupcommit.YOUNG` may be a live mount's close whose
     deferred record is on its way; pull the journal a few times (about 1.5 s in
     all) while such objects remain, so the record, not a redundant adoption,
     describes them.  A crashed writer's objects are adopted right after."""
@@ -173,7 +173,7 @@ async def refresh_version(ws: Workspace, node: Node, key: str) -> None:
     if node.entry.etag != old:
         return
     try:
-        info = await ws._io(ws.store.head, key)
+        info = await ws.io(ws.store.head, key)
     except NotFound:
         raise Stale("the object vanished from the store", path=key) from None
     if info.etag == old:

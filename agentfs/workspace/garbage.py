@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from agentfs import intents
 from agentfs.errors import AgentFSError
+from agentfs.workspace import intents
 
 if TYPE_CHECKING:
     from agentfs.models import RenameIntent
@@ -100,7 +100,7 @@ class Garbage:
         for k, ev in events:
             self._running.setdefault(k, []).append(ev)
         try:
-            await self._ws._delete_keys(keys)
+            await self._ws.delete_keys(keys)
         except BaseException:
             for k, e in keys:
                 self._keys.setdefault(k, e)
@@ -125,7 +125,7 @@ class Garbage:
                 raise
             for i, intent in enumerate(done):
                 try:
-                    await self._ws._io(intents.end, self._ws.journal, intent)
+                    await self._ws.io(intents.end, self._ws.journal, intent)
                 except AgentFSError:
                     self._intents[:0] = done[i:]
                     raise

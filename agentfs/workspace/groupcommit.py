@@ -5,7 +5,7 @@ journal commit PUT.  With deferred group commit the close waits for the data
 PUT only (the bytes are durable at their natural key), applies the file's
 entry to the local namespace at once (the mount's own view never lags), and
 queues the journal record into the workspace's group-commit queue
-(``Workspace._queue``) without waiting for it.  The :class:`Flusher` writes the
+(``Workspace.commit_queue``) without waiting for it.  The :class:`Flusher` writes the
 queued records a short delay later (:data:`DELAY`), or at once when
 :data:`MAX_PENDING` records are waiting, so N closes in a row cost about
 N + N/MAX_PENDING requests.

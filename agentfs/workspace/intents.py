@@ -96,7 +96,7 @@ async def settle(ws: Workspace, now: float, active: set[str], grace: float = GRA
     """
     protect: set[str] = set()
     prefix = ws.key("")
-    for key, intent in await ws._io(pending, ws.journal):
+    for key, intent in await ws.io(pending, ws.journal):
         if intent is None:
             continue
         if intent.id in active:
@@ -110,7 +110,7 @@ async def settle(ws: Workspace, now: float, active: set[str], grace: float = GRA
         elif now - intent.time < grace:
             protect.update(intent.keys)
             continue
-        elif await ws._io(_committed, ws.journal, intent):
+        elif await ws.io(_committed, ws.journal, intent):
             log.info("workspace %s: rename %s -> %s was committed; intent removed",
                      ws.name, intent.src, intent.dst)
         else:
@@ -120,9 +120,9 @@ async def settle(ws: Workspace, now: float, active: set[str], grace: float = GRA
                     continue
                 if ws.ns.resolve(k[len(prefix):]) is not None:
                     continue  # committed since (or the documented rename-over-a-file case)
-                await ws._io(ws.store.delete, k)
+                await ws.io(ws.store.delete, k)
                 removed += 1
             log.warning("workspace %s: rename %s -> %s was interrupted before its commit; "
                         "removed %d copies", ws.name, intent.src, intent.dst, removed)
-        await ws._io(ws.store.delete, key)
+        await ws.io(ws.store.delete, key)
     return protect
