@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
+from agentfs.durations import parse_seconds
 from agentfs.errors import AgentFSError, CorruptRecord, InvalidState, NotFound, ReadOnlyAttribute
 from agentfs.identity import Caller
 from agentfs.journal import META, Journal
@@ -124,8 +125,6 @@ DETAIL_MAX = 512
 
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 _LABEL = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -212,22 +211,13 @@ def _labels(value: bytes, ctx: _Ctx) -> bytes:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds of ``90``, ``90s``, ``30m``, ``1h``, ``2d``, ``1w``, ``1h30m``.
+    """Seconds of a TTL (the grammar of :func:`agentfs.durations.parse_seconds`).
 
     Raises :class:`InvalidState` for anything else or a non-positive duration.
     """
-    s = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", s):
-        secs = float(s)
-    else:
-        pos, secs = 0, 0.0
-        for m in _DURATION.finditer(s):
-            if m.start() != pos:
-                break
-            secs += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(s) or not s:
-            raise InvalidState(f"{PREFIX}ttl: bad duration {text[:40]!r} (e.g. 3600, 90s, 30m, 1h, 2d)")
+    secs = parse_seconds(text)
+    if secs is None:
+        raise InvalidState(f"{PREFIX}ttl: bad duration {text[:40]!r} (e.g. 3600, 90s, 30m, 1h, 2d)")
     if secs <= 0:
         raise InvalidState(f"{PREFIX}ttl: duration must be positive")
     return secs

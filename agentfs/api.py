@@ -43,7 +43,7 @@ from agentfs.locks import DEFAULT_TTL, LeaseManager
 from agentfs.models import Checkpoint, State, StateRow
 from agentfs.namespace import InodeTable, Node, split
 from agentfs.store import ObjectStore, open_store
-from agentfs.workspace import OpenFile, Workspace, check_workspace_name, handover
+from agentfs.workspace import OpenFile, Workspace, check_workspace_name, cow, handover
 
 __all__ = ["FileStat", "WorkspaceClient", "checkpoint", "open_workspace"]
 
@@ -433,7 +433,7 @@ class WorkspaceClient:
         async def go() -> bytes:
             chunks, off = [], 0
             while off < e.size:
-                chunk = await checkpoints.read_version(self._w, path.strip("/"), e, off, 8 << 20)
+                chunk = await cow.read_version(self._w, path.strip("/"), e, off, 8 << 20)
                 if not chunk:
                     break
                 chunks.append(chunk)

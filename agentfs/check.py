@@ -28,7 +28,7 @@ from agentfs.models import Commit, DelOp, MoveOp, PutOp, Record
 from agentfs.namespace import InodeTable
 from agentfs.store.base import ObjectStore
 from agentfs.store.retry import unwrap
-from agentfs.workspace import Workspace, check_workspace_name, intents
+from agentfs.workspace import Workspace, check_workspace_name, cow, intents
 
 __all__ = ["CheckReport", "WorkspaceReport", "check_store", "lost_writes"]
 
@@ -109,7 +109,7 @@ async def _check_ws(store: ObjectStore, name: str, repair: bool, tmp: Path) -> W
         if node.entry.data_key:
             # checkpoints: restored/forked bytes not yet materialised; they must
             # be where data_key (or its fallback blob) says.
-            if not any(_exists(store, k, etag) for k, etag in checkpoints._candidates(ws, path, node.entry)):
+            if not any(_exists(store, k, etag) for k, etag in cow.candidates(ws, path, node.entry)):
                 rep.errors.append(f"bytes of {path!r} are missing (data key {node.entry.data_key!r})")
             else:
                 rep.notices.append(f"{path!r} awaits materialisation from {node.entry.data_key!r}")
@@ -202,13 +202,13 @@ def _check_checkpoints(store: ObjectStore, ws: Workspace, objects: dict, rep: Wo
             if e.kind != "f" or e.etag is None:
                 continue
             if e.data_key:
-                cands = checkpoints._candidates(ws, path, e)
+                cands = cow.candidates(ws, path, e)
                 if not any(k in blobs or _exists(store, k, etag) for k, etag in cands):
                     rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing")
                 continue
             o = objects.get(path)
-            if (o is not None and o.etag == e.etag) or checkpoints.blob_key(
-                    ws.name, checkpoints.blob_id(e, path)) in blobs:
+            if (o is not None and o.etag == e.etag) or cow.blob_key(
+                    ws.name, cow.blob_id(e, path)) in blobs:
                 continue
             rep.errors.append(f"checkpoint {name!r}: bytes of {path!r} are missing (not preserved)")
 

@@ -241,7 +241,7 @@ class FileSystem(LockRequests):
         ws = node.ns.owner
         # checkpoints: nodes of .snapshots views are owned by read-only views
         # with the same interface (every mutation raises ReadOnly).
-        assert isinstance(ws, (Workspace, checkpoints._View))
+        assert isinstance(ws, (Workspace, checkpoints.View))
         return ws  # type: ignore[return-value]
 
     def _snapdir(self, ws: Workspace) -> checkpoints.SnapshotsDir:
@@ -289,7 +289,7 @@ class FileSystem(LockRequests):
             if isinstance(owner, Workspace) and pnode is owner.ns.root and name == checkpoints.SNAPSHOTS_DIR:
                 node = self._snapdir(owner).node  # checkpoints: the virtual .snapshots directory
             else:
-                if isinstance(owner, checkpoints._View):
+                if isinstance(owner, checkpoints.View):
                     await owner.prepare(pnode)
                 node = self._ws(pnode).lookup(pnode, name)
                 # a checkpoint view's root must show the workspace root's
@@ -326,7 +326,7 @@ class FileSystem(LockRequests):
                 entries.append((name, ws.ns.root.ino))
         else:
             node = self.node(ino)
-            if isinstance(node.ns.owner, checkpoints._View):
+            if isinstance(node.ns.owner, checkpoints.View):
                 await node.ns.owner.prepare(node)
             entries = [(n, c.ino) for n, c in self._ws(node).listdir(node)]
         fh = next(self._fh)
@@ -408,7 +408,7 @@ class FileSystem(LockRequests):
         if flags & ~1:  # only RENAME_NOREPLACE (1); RENAME_EXCHANGE is not supported
             raise InvalidArgument("unsupported rename flags")
         a, b = self.node(p_old), self.node(p_new)
-        if isinstance(a.ns.owner, checkpoints._View) or isinstance(b.ns.owner, checkpoints._View):
+        if isinstance(a.ns.owner, checkpoints.View) or isinstance(b.ns.owner, checkpoints.View):
             raise ReadOnly("checkpoints are read-only")
         ws = self._ws(a)
         if self._ws(b) is not ws:

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from agentfs.api import WorkspaceClient
-from agentfs.checkpoints import blob_id, gc, parse_duration, state_at
+from agentfs.checkpoints import gc, parse_duration, state_at
 from agentfs.errors import AlreadyExists, BadName, Busy, NotFound
 from agentfs.journal import META
 from agentfs.store import open_store
+from agentfs.workspace.cow import blob_id
 from tests.fixtures_api import WS
 
 

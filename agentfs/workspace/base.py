@@ -308,7 +308,7 @@ class WorkspaceBase(EntryReads):
             started = time.monotonic()
             if await self.io(self.journal.append, c):
                 # Taking seq means no commit before it was unknown to us (this
-                # spares the checkpoint fence a GET, see checkpoints.fence).
+                # spares the checkpoint fence a GET, see cow.fence).
                 self._caught_up(started)
                 self._inflight = []  # applied from the commit now
                 self._apply(c, notify=False)

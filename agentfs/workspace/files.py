@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints, streaming
+from agentfs import agentstate, streaming
 from agentfs.errors import (
     AlreadyExists,
     ConflictError,
@@ -34,7 +34,7 @@ from agentfs.models import (
 )
 from agentfs.names import MAX_NAME
 from agentfs.namespace import Changes, Node, join, split
-from agentfs.workspace import adoption, groupcommit
+from agentfs.workspace import adoption, cow, groupcommit
 from agentfs.workspace.base import WorkspaceBase
 from agentfs.workspace.types import (
     RETRY,
@@ -159,7 +159,7 @@ class FileOps(WorkspaceBase):
                 self.make_local(of, b"")
                 return
             if e.data_key:  # checkpoints: bytes not yet at the natural key
-                local = await checkpoints.fetch_version(self, self.path_of(of.node), e)
+                local = await cow.fetch_version(self, self.path_of(of.node), e)
                 if of.fd < 0:
                     self.make_local(of, None, local)
                     of.size = e.size
@@ -237,7 +237,7 @@ class FileOps(WorkspaceBase):
             if path is None:
                 raise Stale("file was removed by another mount")
             if e.data_key:  # checkpoints: restored/forked bytes not yet at the natural key
-                return await checkpoints.read_version(self, path, e, off, size)
+                return await cow.read_version(self, path, e, off, size)
             key = self.key(path)
             bf = self.cache.blockfile(key, e.etag, e.size)
             data = await self._pinned(node, key, self.cache.read(bf, off, size, self.fetcher(key, e.etag)),
@@ -409,7 +409,7 @@ class FileOps(WorkspaceBase):
                 if node.entry.data_key:
                     cond = {}
                 else:
-                    await checkpoints.preserve(self, path, node.entry)
+                    await cow.preserve(self, path, node.entry)
             await self.garbage.claim(key)  # a pending delete of this key runs first
             try:
                 info, sha = await self._put_local(of, key, size, cond)

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from agentfs import agentstate, checkpoints
+from agentfs import agentstate
 from agentfs.errors import (
     AlreadyExists,
     ConflictError,
@@ -35,7 +35,7 @@ from agentfs.models import (
 )
 from agentfs.names import check_name
 from agentfs.namespace import Node, join
-from agentfs.workspace import adoption, groupcommit, intents
+from agentfs.workspace import adoption, cow, groupcommit, intents
 from agentfs.workspace.base import WorkspaceBase
 from agentfs.workspace.types import (
     MAX_XATTR_NAME,
@@ -199,7 +199,7 @@ class TreeOps(WorkspaceBase):
                     self.writeback.discard(self, of)  # never uploaded, never will be
                 return
             path = self.path_of(node)
-            await checkpoints.preserve(self, path, node.entry)  # checkpoints: copy-on-write
+            await cow.preserve(self, path, node.entry)  # checkpoints: copy-on-write
             await self.commit([self.record("delete", DelOp(path=path), caller),
                                *await self._touch_dir(parent, caller)])
             if of is not None and self.writeback is not None:
@@ -275,9 +275,9 @@ class TreeOps(WorkspaceBase):
                 await self._ensure_local(self.open_files[dst.ino])
                 self.open_files[dst.ino].unlinked = True
             # checkpoints: copy-on-write of what leaves its natural key
-            await checkpoints.preserve_tree(self, src_path, src)
+            await cow.preserve_tree(self, src_path, src)
             if dst is not None:
-                await checkpoints.preserve(self, dst_path, dst.entry)
+                await cow.preserve(self, dst_path, dst.entry)
             # 1. copy every committed file to its new natural key
             moves: list[tuple[str, Node]] = [("", src), *self.ns.walk(src)]
             files = [(rel, n) for rel, n in moves
