@@ -35,8 +35,7 @@ EX_UNAVAILABLE = 69
 
 def _break(target: str, endpoint_url: str | None, store: str | None) -> None:
     """Clear a lease: through the mount for a mounted file, else in the store (audited either way)."""
-    from agentfs.lockclient import on_agentfs
-    from agentfs.locks import LOCK_XATTR
+    from agentfs.locks import LOCK_XATTR, on_agentfs
 
     if store is None and os.path.lexists(target) and on_agentfs(target):
         os.setxattr(target, LOCK_XATTR, b"break")
@@ -78,7 +77,7 @@ def register(app: typer.Typer) -> None:
         store: Annotated[str | None, typer.Option("--store", help="Store URL (with --break)")] = None,
     ) -> None:
         """Run COMMAND holding a lock on FILE, on this mount and across mounts (flock(1) options)."""
-        from agentfs.lockclient import FileLock, on_agentfs
+        from agentfs.locks import FileLock, on_agentfs
 
         args = list(args or [])
         if args[1:2] == ["--"]:

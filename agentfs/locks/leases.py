@@ -108,7 +108,7 @@ MODES = ("shared", "exclusive")
 #: Compare-and-swap attempts before a lease counts as too contended (EBUSY).
 CAS_ATTEMPTS = 50
 #: Seconds between polls of a mount's doorbell while it keeps leases cached
-#: (agentfs/kernellocks.py).
+#: (agentfs/locks/kernel.py).
 DOORBELL_POLL = 0.25
 #: How long a locker refused only by leases another mount keeps cached waits
 #: for them to be given back before it counts as refused.
