@@ -72,21 +72,16 @@ from agentfs.locks.leases import (
     LOCK_XATTR,
     MODES,
     WAITER_TTL,
-    Held,
-    LeaseManager,
     LeaseStore,
-    LeaseStores,
     Who,
-    alive,
     break_record,
+    describe_holder,
     doorbell_key,
     lease_json,
     lease_key,
-    lineage,
-    parse_lock_value,
-    start_time,
-    tgid_of,
 )
+from agentfs.locks.mountleases import Held, LeaseManager, LeaseStores, parse_lock_value
+from agentfs.locks.procs import alive, lineage, start_time, tgid_of
 
 __all__ = [
     "CACHED_WAIT",
@@ -105,6 +100,7 @@ __all__ = [
     "Who",
     "alive",
     "break_record",
+    "describe_holder",
     "doorbell_key",
     "lease_json",
     "lease_key",

@@ -58,7 +58,8 @@ import trio
 
 from agentfs.errors import AgentFSError, Fenced, InvalidArgument, NotFound, WouldBlock
 from agentfs.identity import HOSTNAME, agent_of_pid
-from agentfs.locks.leases import CACHED_WAIT, DOORBELL_POLL, LeaseStores, Who, doorbell_key
+from agentfs.locks.leases import CACHED_WAIT, DOORBELL_POLL, Who, doorbell_key
+from agentfs.locks.mountleases import LeaseStores
 from agentfs.store.base import ObjectStore
 
 __all__ = ["KernelLocks", "Span"]
