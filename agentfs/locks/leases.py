@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
 
@@ -48,6 +48,7 @@ __all__ = [
     "LOCK_XATTR",
     "MODES",
     "WAITER_TTL",
+    "LeaseMode",
     "LeaseStore",
     "Who",
     "break_record",
@@ -63,7 +64,9 @@ log = logging.getLogger(__name__)
 LOCK_XATTR = "user.agentfs.lock"
 #: Seconds a lease lives without renewal (mount option ``--lease-ttl``).
 DEFAULT_TTL = 30.0
-MODES = ("shared", "exclusive")
+#: A lease's mode (as :class:`agentfs.models.LeaseHolder` has it).
+LeaseMode = Literal["shared", "exclusive"]
+MODES: tuple[LeaseMode, ...] = ("shared", "exclusive")
 #: Compare-and-swap attempts before a lease counts as too contended (EBUSY).
 CAS_ATTEMPTS = 50
 #: Seconds between polls of a mount's doorbell while it keeps leases cached
@@ -221,6 +224,7 @@ class LeaseStore:
         """
         if mode not in MODES:
             raise InvalidArgument(f"lock mode must be one of {', '.join(MODES)}", path=mode)
+        checked = cast(LeaseMode, mode)  # one of MODES, checked just above
 
         def fn(lease: Lease | None, now: float) -> tuple[Lease | None, Any]:
             lease = lease.model_copy(deep=True) if lease is not None else Lease(path=path)
@@ -254,7 +258,7 @@ class LeaseStore:
                 lease.waiters = [*other_waiters, mine]
                 return lease, err
             token = lease.token + 1
-            holder = LeaseHolder(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid, mode=mode,
+            holder = LeaseHolder(agent=who.agent, host=who.host, mount=who.mount, pid=who.pid, mode=checked,
                                  kernel=who.kernel, token=token, acquired=now, expires=now + ttl)
             lease.holders = [*others, holder]
             lease.waiters = other_waiters

@@ -34,6 +34,7 @@ exception class, then S3 error code, then HTTP status):
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import email.utils
 import io
@@ -377,7 +378,8 @@ class S3Store(ObjectStore):
                 return
             kw = {**kw, "ContinuationToken": resp["NextContinuationToken"]}
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         self.check_prefix(prefix, directory=True)
         full = self.prefix + prefix
         kw: dict[str, Any] = {"Prefix": full, "Delimiter": "/"}
@@ -475,8 +477,9 @@ class S3Store(ObjectStore):
                           PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
-    def mp_complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], total: int, *,
-                    if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+    def mp_complete(self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]],
+                    total: int, *, if_absent: bool = False,
+                    if_match: str | None = None) -> ObjectInfo:
         """Make the uploaded parts the object at ``key``, atomically and under
         the condition (PreconditionFailed otherwise; the upload then still
         exists: abort it).  Returns the object's info as later reads see it."""
@@ -622,7 +625,7 @@ class S3Store(ObjectStore):
 
     # -- temporary state (unfinished multipart uploads) ----------------
 
-    def _uploads(self) -> list[tuple[str, str, float]]:
+    def _uploads(self) -> builtins.list[tuple[str, str, float]]:
         """(key, upload id, initiated) of every unfinished multipart upload under the prefix."""
         out: list[tuple[str, str, float]] = []
         kw: dict[str, Any] = {"Prefix": self.prefix} if self.prefix else {}
@@ -634,7 +637,7 @@ class S3Store(ObjectStore):
                 return out
             kw = {**kw, "KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
 
-    def list_temporary(self) -> list[str]:
+    def list_temporary(self) -> builtins.list[str]:
         """Unfinished multipart uploads (left by a process killed mid-upload)."""
         return [f"upload:{k}" for k, _, _ in self._uploads()]
 
