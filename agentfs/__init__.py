@@ -9,7 +9,7 @@ Mount a workspace with ``agentfs mount``, or use it from Python without FUSE::
 
 from agentfs import errors
 from agentfs.api import FileStat, WorkspaceClient, checkpoint, open_workspace
-from agentfs.lockclient import FileLock, lock
+from agentfs.locks import FileLock, lock
 from agentfs.workspace import Workspace
 
 __all__ = ["FileLock", "FileStat", "Workspace", "WorkspaceClient", "checkpoint", "errors", "lock",

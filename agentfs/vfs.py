@@ -39,10 +39,10 @@ from agentfs.errors import (
 )
 from agentfs.identity import Caller
 from agentfs.journal import META, conditional_create_enforced
-from agentfs.kernellocks import KernelLocks
 from agentfs.locks import (
     DEFAULT_TTL,
     LOCK_XATTR,
+    KernelLocks,
     LeaseManager,
 )
 from agentfs.namespace import ROOT_INODE, Changes, InodeTable, Node

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 
 from agentfs.errors import AgentFSError, LeaseBusy, NotSupported, WouldBlock
 from agentfs.identity import Caller
-from agentfs.kernellocks import KernelLocks
-from agentfs.locks import LeaseManager, break_record, lineage, parse_lock_value
+from agentfs.locks import KernelLocks, LeaseManager, break_record, lineage, parse_lock_value
 from agentfs.namespace import Node
 from agentfs.workspace import handover
 

@@ -958,10 +958,10 @@ def medians(run: Run) -> dict[tuple[str, str], tuple[float | None, int, int]]:
     return out
 
 
-def report(run: Run, wall_s: float, started: str) -> str:
+def report_header(run: Run, wall_s: float, started: str) -> list[str]:
+    """The title and the run's parameters."""
     p = run.p
-    med = medians(run)
-    L = []
+    L: list[str] = []
     L.append(f"# agentfs quick benchmark — {started}{' (smoke run: --quick)' if p.quick else ''}")
     L.append("")
     L.append(f"Host: {platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
@@ -974,6 +974,12 @@ def report(run: Run, wall_s: float, started: str) -> str:
              f"seq {p.seq_mib} MiB in 1 MiB writes; tarball {p.tar_files} files.  "
              f"Cold reads: {'after sync -f + echo 3 > drop_caches' if not p.no_drop else 'caches NOT dropped'}.")
     L.append("")
+    return L
+
+
+def report_table(run: Run, med: dict[tuple[str, str], tuple[float | None, int, int]]) -> list[str]:
+    """The table of medians per workload and target, with mount and unmount times."""
+    L: list[str] = []
     L.append("| workload | " + " | ".join(LABELS[t] for t in TARGETS) + " |")
     L.append("|---|" + "---:|" * len(TARGETS))
     for ph in PHASES:
@@ -999,8 +1005,12 @@ def report(run: Run, wall_s: float, started: str) -> str:
                    else f"FAIL ({len(xs) - len(ok)}/{len(xs)})")
     L.append("| " + " | ".join(row) + " |")
     L.append("")
+    return L
 
-    # failures
+
+def report_failures(run: Run) -> list[str]:
+    """One entry per distinct failure (target, phase, first line), with its traceback."""
+    L: list[str] = []
     fails = [s for s in run.samples if s["error"]]
     if fails:
         L.append("## Failures")
@@ -1020,7 +1030,13 @@ def report(run: Run, wall_s: float, started: str) -> str:
                 L.extend("  " + ln for ln in rest[-40:])
                 L.append("  ```")
         L.append("")
+    return L
 
+
+def report_floor(run: Run, med: dict[tuple[str, str], tuple[float | None, int, int]]) -> list[str]:
+    """The S3 request-latency floor measured without FUSE, and agentfs against it."""
+    p = run.p
+    L: list[str] = []
     f = run.floor
     if f:
         L.append("## S3 request-latency floor (same moto server, no FUSE)")
@@ -1049,7 +1065,13 @@ def report(run: Run, wall_s: float, started: str) -> str:
                          f"{1000 * v / k:.1f} ms per request, "
                          f"{(g['object_mib'] << 20) / k / 1024:.0f} KiB per request on average.")
         L.append("")
+    return L
 
+
+def report_requests(run: Run) -> list[str]:
+    """S3 requests per phase, counted from moto's log."""
+    p = run.p
+    L: list[str] = []
     timed = {}
     for ph in PHASES:
         xs = [s["s3_requests"] for s in run.samples if s["target"] == "agentfs-s3"
@@ -1088,7 +1110,23 @@ def report(run: Run, wall_s: float, started: str) -> str:
             L.append(f"small-files create: {n / (p.n_files + 10):.2f} requests per file or dir "
                      f"({p.n_files} files + 10 dirs).")
         L.append("")
+    return L
 
+
+def med_vis(xs: list) -> str:
+    """A visibility cell: the median delay, or how many trials never saw the change."""
+    if not xs:
+        return "FAIL"
+    seen = [x for x in xs if x is not None]
+    if len(seen) == len(xs):
+        return f"{statistics.median(seen):.3f} s"
+    return f"> cap ({len(xs) - len(seen)}/{len(xs)} not seen)"
+
+
+def report_visibility(run: Run) -> list[str]:
+    """How long a change on one mount takes to be seen on another."""
+    p = run.p
+    L: list[str] = []
     if run.visibility:
         L.append("## Cross-mount visibility (two agentfs mounts of one store)")
         L.append("")
@@ -1098,15 +1136,6 @@ def report(run: Run, wall_s: float, started: str) -> str:
         L.append("")
         L.append("| store | new workspace | new file | overwrite |")
         L.append("|---|---:|---:|---:|")
-
-        def med_vis(xs: list) -> str:
-            if not xs:
-                return "FAIL"
-            seen = [x for x in xs if x is not None]
-            if len(seen) == len(xs):
-                return f"{statistics.median(seen):.3f} s"
-            return f"> cap ({len(xs) - len(seen)}/{len(xs)} not seen)"
-
         for t in TARGETS[1:]:
             v = run.visibility.get(t)
             if not v:
@@ -1122,7 +1151,12 @@ def report(run: Run, wall_s: float, started: str) -> str:
             L.extend(f"- {LABELS[t]}: {v['error'].splitlines()[0]}"
                      for t, v in run.visibility.items() if v.get("error"))
         L.append("")
+    return L
 
+
+def report_rss(run: Run) -> list[str]:
+    """The agentfs daemon's peak resident memory per target."""
+    L: list[str] = []
     if any(run.rss.values()):
         L.append("## Peak RSS of the agentfs daemon (VmHWM at the end of each rep, max over reps)")
         L.append("")
@@ -1132,6 +1166,12 @@ def report(run: Run, wall_s: float, started: str) -> str:
                 L.append(f"- {LABELS[t]}: {max(xs):.0f} MiB "
                          f"(per rep: {', '.join(f'{x:.0f}' for x in xs)})")
         L.append("")
+    return L
+
+
+def report_notes(run: Run) -> list[str]:
+    """Notes of the run and the ERROR lines the daemons logged."""
+    L: list[str] = []
     if any(run.daemon_errors.values()) or run.notes:
         L.append("## Notes")
         L.append("")
@@ -1142,7 +1182,16 @@ def report(run: Run, wall_s: float, started: str) -> str:
                 L.append(f"- {LABELS[t]} daemon logged {len(errs)} ERROR/Traceback line(s), first: "
                          f"`{errs[0][:300]}`")
         L.append("")
-    return "\n".join(L)
+    return L
+
+
+def report(run: Run, wall_s: float, started: str) -> str:
+    """The Markdown report of a run: the medians table, then each optional section."""
+    med = medians(run)
+    sections = [report_header(run, wall_s, started), report_table(run, med), report_failures(run),
+                report_floor(run, med), report_requests(run), report_visibility(run),
+                report_rss(run), report_notes(run)]
+    return "\n".join(line for section in sections for line in section)
 
 
 def git_rev() -> str:

@@ -17,8 +17,7 @@ import trio
 
 from agentfs.errors import WouldBlock
 from agentfs.identity import Caller
-from agentfs.kernellocks import KernelLocks
-from agentfs.locks import LeaseManager, LeaseStore, Who, doorbell_key
+from agentfs.locks import KernelLocks, LeaseManager, LeaseStore, Who, doorbell_key
 from agentfs.store.memory import MemoryStore
 
 WS, INO, PATH = "ws", 7, "data/f.db"

@@ -433,9 +433,10 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:  # click usage errors and the unexpected
         # typer vendors its own click, so recognise its exceptions by shape.
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(64 if e.exit_code == 2 else e.exit_code or 1)
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(64 if code == 2 else code or 1)
         typer.echo(f"agentfs: internal error: {type(e).__name__}: {e}", err=True)
         log.debug("internal error", exc_info=True)
         sys.exit(70)

@@ -21,6 +21,7 @@ exactly one succeeds; of two ``put(k, .., if_match=e)`` at most one succeeds.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -119,7 +120,8 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Names of the immediate "sub-directories" under ``prefix`` (which ends in ``/``
         or is empty), i.e. S3 common prefixes with ``Delimiter='/'``, without the
         trailing slash."""

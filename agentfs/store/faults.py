@@ -32,6 +32,7 @@ wrapped store's own guarantees apply to the requests themselves).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import random
@@ -202,7 +203,8 @@ class FaultyStore(ObjectStore):
         return iter(self._call("list", prefix,
                                lambda: list(self.inner.list(prefix, start_after=start_after))))
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         return self._call("list", prefix, lambda: self.inner.list_dirs(prefix))
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False,

@@ -30,6 +30,7 @@ It never raises StoreUnavailable.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -386,7 +387,8 @@ class LocalStore(ObjectStore):
                     return True
         return False
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         self.check_prefix(prefix, directory=True)
         # like S3 common prefixes: only "directories" that contain an object
         return [entry.name for name, entry, is_dir in self._entries(prefix)

@@ -12,6 +12,7 @@ InvalidArgument for a malformed key.  It never raises StoreUnavailable.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import logging
 import threading
@@ -128,7 +129,8 @@ class MemoryStore(ObjectStore):
         for k, o in items:
             yield o.info(k)
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         self.check_prefix(prefix, directory=True)
         n = len(prefix)
         with self._b.lock:

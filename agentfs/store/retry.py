@@ -30,6 +30,7 @@ Concurrency: as thread-safe as the wrapped store; the jitter RNG is guarded.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
@@ -212,7 +213,8 @@ class RetryingStore(ObjectStore):
                 log.debug("store %s: list %s broke after %r: %s; retry %d", self.url, prefix, last, e, n)
                 self._sleep(delay)
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         return self._run("list", prefix, lambda: self.inner.list_dirs(prefix))[0]
 
     # -- writes ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """An object store on S3 (or any S3-compatible service) through s3fs.
 
-This is the only module that imports s3fs, aiobotocore or botocore.
+This module and :mod:`agentfs.store.s3errors` (the error translation) are
+the only ones that import s3fs, aiobotocore or botocore.
 
 Configuration: ``S3Store(bucket, prefix, endpoint_url=...)``; without
 ``endpoint_url`` the environment's ``AWS_ENDPOINT_URL_S3`` /
@@ -19,8 +20,8 @@ the same offset pinned to the same ETag.
 Fork safety: the ``S3FileSystem`` is created lazily on first use, and again in
 a forked child, because fsspec's event loop does not survive ``fork``.
 
-Error contract (one table, :func:`_map_error`, by exception class, then S3
-error code, then HTTP status):
+Error contract (one table, :func:`agentfs.store.s3errors.map_error`, by
+exception class, then S3 error code, then HTTP status):
 
 - missing key (``NoSuchKey``, 404) -> NotFound;
 - failed condition (412 ``PreconditionFailed``, 409
@@ -33,7 +34,7 @@ error code, then HTTP status):
 
 from __future__ import annotations
 
-import asyncio
+import builtins
 import concurrent.futures
 import email.utils
 import io
@@ -45,7 +46,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-import botocore.exceptions as bex
 import fsspec.asyn
 import s3fs
 
@@ -57,13 +57,7 @@ from agentfs.errors import (
     StoreUnavailable,
 )
 from agentfs.store.base import MULTIPART_THRESHOLD, ObjectInfo, ObjectStore
-
-try:  # aiobotocore's default HTTP backend
-    import aiohttp
-
-    _AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError,)
-except ImportError:  # pragma: no cover - other HTTP backends
-    _AIOHTTP_ERRORS = ()
+from agentfs.store.s3errors import RangeNotSatisfiable, map_error
 
 __all__ = ["S3Store", "read_part"]
 
@@ -82,99 +76,6 @@ _CHUNK = 1024 * 1024
 _ONE_HOP = 16 * 1024 * 1024
 #: Attempts to read one response body (a broken stream is resumed, pinned to its ETag).
 _BODY_ATTEMPTS = 3
-
-#: Exceptions meaning "could not talk to the store".
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSLError, proxy
-    bex.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
-    bex.IncompleteReadError,
-    ConnectionError,
-    TimeoutError,  # socket.timeout, asyncio.TimeoutError, fsspec FSTimeoutError
-    asyncio.TimeoutError,
-    *_AIOHTTP_ERRORS,
-)
-
-
-class _RangeNotSatisfiable(StoreError):
-    """416: a byte range starting at or past the end of the object."""
-
-
-#: S3 error code -> error class.  Consulted before the HTTP status.
-_BY_CODE: dict[str, type[StoreError] | type[NotFound]] = {
-    "NoSuchKey": NotFound,
-    "NotFound": NotFound,
-    "PreconditionFailed": PreconditionFailed,
-    "ConditionalRequestConflict": PreconditionFailed,
-    "InvalidRange": _RangeNotSatisfiable,
-    # A missing bucket or upload is a configuration/protocol problem, not a missing key.
-    "NoSuchBucket": StoreError,
-    "NoSuchUpload": StoreError,
-    "SlowDown": StoreUnavailable,
-    "ServiceUnavailable": StoreUnavailable,
-    "InternalError": StoreUnavailable,
-    "RequestTimeout": StoreUnavailable,
-    "Throttling": StoreUnavailable,
-}
-#: HTTP status -> error class, when the code is not in :data:`_BY_CODE`.
-_BY_STATUS: dict[int, type[StoreError] | type[NotFound]] = {
-    404: NotFound,
-    412: PreconditionFailed,
-    416: _RangeNotSatisfiable,
-    429: StoreUnavailable,
-}
-
-
-def _client_error(exc: BaseException) -> bex.ClientError | None:
-    """The botocore ClientError behind ``exc`` (s3fs re-raises them translated)."""
-    seen = 0
-    e: BaseException | None = exc
-    while e is not None and seen < 5:
-        if isinstance(e, bex.ClientError):
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _map_error(exc: BaseException, op: str, where: str,
-               scrub: Callable[[str], str] = lambda s: s) -> Exception:
-    """Translate any exception from s3fs/botocore into the agentfs error tree.
-
-    The one error table of this module: by exception class, then S3 error
-    code, then HTTP status.  Messages are one line and never contain credentials.
-    """
-    if isinstance(exc, InvalidArgument | NotFound | StoreError):
-        return exc
-    ce = _client_error(exc)
-    if ce is not None:
-        err = ce.response.get("Error", {}) or {}
-        code = str(err.get("Code", "") or "")
-        status = int(ce.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        cls = _BY_CODE.get(code) or _BY_STATUS.get(status)
-        if cls is None:
-            cls = StoreUnavailable if status >= 500 else StoreError
-        if cls is NotFound:
-            return NotFound("no such object", path=where)
-        if cls is PreconditionFailed:
-            return PreconditionFailed(f"precondition failed ({status} {code})", path=where)
-        detail = _one_line(scrub(str(err.get("Message", "") or "")))
-        msg = f"S3 {op} failed: {status} {code}" + (f": {detail}" if detail else "")
-        return cls(msg, path=where)
-    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
-        return StoreError(f"S3 {op} failed: no usable AWS credentials found", path=where)
-    if isinstance(exc, _UNAVAILABLE_ERRORS):
-        detail = _one_line(scrub(f"{type(exc).__name__}: {exc}"))
-        return StoreUnavailable(f"S3 {op} failed: store unreachable ({detail})", path=where)
-    if isinstance(exc, FileNotFoundError):
-        return NotFound("no such object", path=where)
-    detail = _one_line(scrub(f"{type(exc).__name__}: {exc}"))
-    return StoreError(f"S3 {op} failed: {detail}", path=where)
-
 
 def read_part(fd: int, off: int, size: int) -> io.BytesIO:
     """Bytes ``[off, off+size)`` of an open file as an upload body, read straight
@@ -315,7 +216,7 @@ class S3Store(ObjectStore):
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
     def _error(self, exc: BaseException, op: str, key: str) -> Exception:
-        return _map_error(exc, op, self._where(key), self._scrub)
+        return map_error(exc, op, self._where(key), self._scrub)
 
     def _call(self, method: str, key: str, **kwargs: Any) -> dict[str, Any]:
         """One S3 API call (botocore retries inside); errors mapped."""
@@ -400,7 +301,7 @@ class S3Store(ObjectStore):
         parts: list[bytes] = []
         try:
             self._stream(key, lo, end, if_match, parts.append)
-        except _RangeNotSatisfiable:
+        except RangeNotSatisfiable:
             return b""  # range starts at or past the end of an existing object
         return b"".join(parts)
 
@@ -424,11 +325,11 @@ class S3Store(ObjectStore):
 
         try:
             return fsspec.asyn.sync(fs.loop, go)  # type: ignore[no-any-return]
-        except _RangeNotSatisfiable:
+        except RangeNotSatisfiable:
             return b""
         except Exception as e:
             err = self._error(e, "get_object", key)
-            if isinstance(err, _RangeNotSatisfiable):
+            if isinstance(err, RangeNotSatisfiable):
                 return b""  # range starts at or past the end of an existing object
             raise err from e
 
@@ -443,7 +344,7 @@ class S3Store(ObjectStore):
 
         try:
             resp = self._stream(key, 0, None, if_match, sink)
-        except _RangeNotSatisfiable:  # pragma: no cover - no Range header is sent
+        except RangeNotSatisfiable:  # pragma: no cover - no Range header is sent
             raise StoreError("unexpected 416 on a whole-object GET", path=key) from None
         return self._info(key, resp, size)
 
@@ -477,7 +378,8 @@ class S3Store(ObjectStore):
                 return
             kw = {**kw, "ContinuationToken": resp["NextContinuationToken"]}
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    # builtins.list: in this class body ``list`` names the method above
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         self.check_prefix(prefix, directory=True)
         full = self.prefix + prefix
         kw: dict[str, Any] = {"Prefix": full, "Delimiter": "/"}
@@ -575,8 +477,9 @@ class S3Store(ObjectStore):
                           PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
-    def mp_complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], total: int, *,
-                    if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+    def mp_complete(self, key: str, upload_id: str, parts: builtins.list[dict[str, Any]],
+                    total: int, *, if_absent: bool = False,
+                    if_match: str | None = None) -> ObjectInfo:
         """Make the uploaded parts the object at ``key``, atomically and under
         the condition (PreconditionFailed otherwise; the upload then still
         exists: abort it).  Returns the object's info as later reads see it."""
@@ -722,7 +625,7 @@ class S3Store(ObjectStore):
 
     # -- temporary state (unfinished multipart uploads) ----------------
 
-    def _uploads(self) -> list[tuple[str, str, float]]:
+    def _uploads(self) -> builtins.list[tuple[str, str, float]]:
         """(key, upload id, initiated) of every unfinished multipart upload under the prefix."""
         out: list[tuple[str, str, float]] = []
         kw: dict[str, Any] = {"Prefix": self.prefix} if self.prefix else {}
@@ -734,7 +637,7 @@ class S3Store(ObjectStore):
                 return out
             kw = {**kw, "KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
 
-    def list_temporary(self) -> list[str]:
+    def list_temporary(self) -> builtins.list[str]:
         """Unfinished multipart uploads (left by a process killed mid-upload)."""
         return [f"upload:{k}" for k, _, _ in self._uploads()]
 

@@ -2,10 +2,10 @@
 
 A :class:`FileLock` is a kernel ``flock`` on the file.  On an agentfs mount
 that passes kernel locks to the store (the default, see
-:mod:`agentfs.kernellocks`) that flock alone excludes every other mount; on a
+:mod:`agentfs.locks.kernel`) that flock alone excludes every other mount; on a
 mount without them (``--no-kernel-locks``), and for a directory (the kernel
 passes no directory locks to FUSE), the lock also takes the lease through the
-:data:`agentfs.locks.LOCK_XATTR` attribute.
+:data:`agentfs.locks.leases.LOCK_XATTR` attribute.
 
 Error contract: :class:`agentfs.errors.WouldBlock` when the lock is not
 obtained in time; :class:`agentfs.errors.NotSupported` for a path on an
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agentfs.errors import InvalidArgument, NotSupported, WouldBlock
-from agentfs.locks import LOCK_XATTR
+from agentfs.locks.leases import LOCK_XATTR
 
 #: the mount root's status attribute (a JSON object; see agentfs.vfs)
 STATUS_XATTR = "user.agentfs.mount.status"

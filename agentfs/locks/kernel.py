@@ -9,7 +9,7 @@ request of a mount to this module instead of keeping the lock to itself.
   OFD locks per open file description; conflicts between local owners are
   decided in memory, with no store request.
 - **Across mounts** the mount holds one lease per locked file
-  (:class:`agentfs.locks.LeaseStore`, the lease ``agentfs lock`` takes, with
+  (:class:`agentfs.locks.leases.LeaseStore`, the lease ``agentfs lock`` takes, with
   its fencing tokens, heartbeat and TTL): *shared* while its local locks are
   all shared locks (``LOCK_SH``, ``F_RDLCK``), *exclusive* while one is
   exclusive (``LOCK_EX``, ``F_WRLCK``).  So across mounts the unit is the
@@ -34,7 +34,7 @@ request of a mount to this module instead of keeping the lock to itself.
 - **Waiting**: a blocking request waits in its own task (other requests go
   on), polls the lease with backoff, is woken at once by a local unlock,
   and registers as an exclusive waiter in the lease (renewed by each poll,
-  expiring after :data:`agentfs.locks.WAITER_TTL`) so shared lockers cannot
+  expiring after :data:`agentfs.locks.leases.WAITER_TTL`) so shared lockers cannot
   starve it.  A signal cancels the wait (the binding answers ``EINTR``) and
   its registration is removed at once.
 
@@ -58,7 +58,8 @@ import trio
 
 from agentfs.errors import AgentFSError, Fenced, InvalidArgument, NotFound, WouldBlock
 from agentfs.identity import HOSTNAME, agent_of_pid
-from agentfs.locks import CACHED_WAIT, DOORBELL_POLL, LeaseStores, Who, doorbell_key
+from agentfs.locks.leases import CACHED_WAIT, DOORBELL_POLL, Who, doorbell_key
+from agentfs.locks.mountleases import LeaseStores
 from agentfs.store.base import ObjectStore
 
 __all__ = ["KernelLocks", "Span"]
