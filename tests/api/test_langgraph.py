@@ -1,6 +1,6 @@
 """LangGraph checkpoints in a workspace (agentfs.langgraph.AgentFSSaver).
 
-A real LangGraph graph (tests/lg_graph.py: three deterministic nodes that write
+A real LangGraph graph (tests/helpers/lg_graph.py: three deterministic nodes that write
 files) runs with the saver: interrupted and resumed from a fresh saver, killed
 with SIGKILL and resumed, listed, and time-travelled with ``files=True`` (the
 rewound node sees the files it had then).  LangGraph's own conformance suite

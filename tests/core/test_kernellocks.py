@@ -3,7 +3,7 @@
 What a mount does with flock/fcntl requests the binding hands it: local
 conflicts, POSIX ranges, the lease across mounts, cached leases and the
 doorbell, waiters that leave, the journal position handed over.  The same
-requests through real mounts are in tests/test_kernel_locks_mount.py.
+requests through real mounts are in tests/mount/test_kernel_locks_mount.py.
 """
 
 from __future__ import annotations

@@ -388,7 +388,7 @@ def test_cli_lock_on_a_local_file_is_refused(tmp_path: Path) -> None:
     """Off an agentfs mount ``agentfs lock`` refuses (exit 64, pointing to
     flock(1)) before opening FILE: nothing is created, no xattr is written, the
     command does not run.  The flock(1) exit codes on a mount are in
-    tests/test_cli_fixes.py::test_cli_lock_exit_codes_on_a_mount."""
+    tests/mount/test_cli_mount.py::test_cli_lock_exit_codes_on_a_mount."""
     f = tmp_path / "lockfile"
     f.write_bytes(b"")
     marker = tmp_path / "ran"

@@ -1,6 +1,6 @@
 """Crash at any instant: many seeded SIGKILL points.
 
-Builds on ``tests/test_crash.py`` (its :class:`Workload` model and verifier).
+Builds on the crash helpers (``tests/helpers/crash.py``: the :class:`Workload` model and verifier).
 Every round: a busy workload runs on a live mount, the daemon is SIGKILLed at a
 seeded moment, the store is remounted and
 

@@ -1,5 +1,5 @@
 """A small deterministic LangGraph graph whose nodes write workspace files,
-shared by ``tests/test_langgraph.py`` and the process it kills.
+shared by ``tests/api/test_langgraph.py`` and the process it kills.
 
 Nodes ``a``, ``b``, ``c`` run in a line; each writes ``out/<node>.txt`` with
 the files it saw in ``out/`` (so a rewound node shows what it had then).

@@ -6,7 +6,7 @@ read-only file, ``f``, and (unless ``--no-locks``) implements ``getlk``/``setlk`
 owners conflict unless both are shared), appending one JSON line per call to
 LOG: ``{"op": ..., "owner": ..., ...}`` at entry and ``{"op": ..., "outcome": ...}``
 when the call ends ("ok", "EAGAIN", "cancelled"). A blocking request that
-conflicts waits until the conflicting owner unlocks; ``tests/test_fuse_lock_ops.py``
+conflicts waits until the conflicting owner unlocks; ``tests/mount/test_fuse_lock_ops.py``
 never unlocks, so such a request ends only when the kernel interrupts it.
 
 Concurrency: everything runs on one trio loop; waiters sleep on a shared

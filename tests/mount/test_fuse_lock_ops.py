@@ -1,6 +1,6 @@
 """The patched pyfuse3 binding's lock operations, through a real FUSE mount.
 
-A tiny in-memory file system (``tests/lock_ops_fs.py``) runs in a child process and
+A tiny in-memory file system (``tests/helpers/lock_ops_fs.py``) runs in a child process and
 logs every lock call; the test process (and small helper processes, which are other
 POSIX lock owners) lock its one file with ``flock(2)`` and ``fcntl(2)`` and check what
 reached the handlers and what the system calls returned.

@@ -1,7 +1,7 @@
 """flock(2) and fcntl locks across real mounts of one store (moto S3 and a local store).
 
 Each mount is its own daemon, as on two hosts.  The lock manager itself is
-tested without FUSE in tests/test_kernellocks.py.
+tested without FUSE in tests/core/test_kernellocks.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The next holder of a lock sees every write the previous holder made under it
 (docs/SEMANTICS.md §6, "Locks hand over data"), whichever way the lock is
 taken: ``agentfs lock`` (a kernel flock on mounts with kernel locks), the
-lease attribute, ``flock(2)`` (tests/test_kernel_locks_mount.py).
+lease attribute, ``flock(2)`` (tests/mount/test_kernel_locks_mount.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model-based random testing of the newer features, on a real mount.
 
-Extends ``tests/test_model.py`` (its Model, Real, Runner and Gen) with operations
+Extends the model of ``tests/mount/test_model.py`` (``tests/helpers/model.py``: Model, Real, Runner and Gen) with operations
 that need a real mount and a store:
 
 - typed ``user.agentfs.*`` state (status with its lifecycle, owner, task, labels,
