@@ -37,7 +37,9 @@ from tests.helpers.crash import (
     DEAD_MOUNT,
     MiB,
     Workload,
+    check_clean_or_repaired,
     crash,
+    crash_seeds,
     desc,
     kill_during_close,
     snapshot,
@@ -51,31 +53,9 @@ COMPACT_ROUNDS = int(os.environ.get("CRASH_COMPACT_ROUNDS", "8"))
 RENAME_ROUNDS = int(os.environ.get("CRASH_RENAME_ROUNDS", "6"))
 MULTIPART_ROUNDS = int(os.environ.get("CRASH_MULTIPART_ROUNDS", "4"))
 #: Shifts every seed (the soak script runs new kill points each pass).
-SEED_BASE = int(os.environ.get("CRASH_SEED_BASE", "0"))
 
 #: Kill points survived, for the closing note (printed with -s).
 SURVIVED: dict[str, int] = {}
-
-
-def _seeds(base: int, n: int) -> list[int]:
-    if "CRASH_SEED" in os.environ:
-        return [int(os.environ["CRASH_SEED"])]
-    return [SEED_BASE + base + r for r in range(n)]
-
-
-def check_clean_or_repaired(url: str, context: str) -> None:
-    """No check errors; temporary objects, if any, removed by a repair."""
-    store = open_store(url)
-    try:
-        rep = check_store(store)
-        assert rep.clean, f"{context}: agentfs check: {rep.model_dump_json(indent=1)}"
-        if any("temporary" in n for n in rep.notices):
-            rep = check_store(store, repair=True)
-            rep = check_store(store)
-            assert rep.clean and not any("temporary" in n for n in rep.notices), (
-                f"{context}: temporary objects after --repair: {rep.notices}")
-    finally:
-        store.close()
 
 
 def _kill_workload(m: Mount, w: Workload, delay: float, seed: int) -> None:
@@ -126,12 +106,12 @@ def local_url(tmp_path: Path) -> str:
 
 
 def test_kill_points_random(mounter: Callable[..., Mount], local_url: str) -> None:
-    _rounds(mounter, local_url, _seeds(70000, ROUNDS), "random")
+    _rounds(mounter, local_url, crash_seeds(70000, ROUNDS), "random")
 
 
 def test_kill_points_during_compaction(mounter: Callable[..., Mount], local_url: str) -> None:
     """A state snapshot after every 2 commits: kills land in compaction too."""
-    _rounds(mounter, local_url, _seeds(71000, COMPACT_ROUNDS), "compact",
+    _rounds(mounter, local_url, crash_seeds(71000, COMPACT_ROUNDS), "compact",
             env={"AGENTFS_COMPACT_EVERY": "2"})
     states = [o.key for o in open_store(local_url).list(f"{META}/")
               if "/state/" in o.key]
@@ -141,7 +121,7 @@ def test_kill_points_during_compaction(mounter: Callable[..., Mount], local_url:
 def test_kill_points_during_directory_rename(mounter: Callable[..., Mount], store_url: str) -> None:
     """Rename of a directory of many files, killed at a seeded moment within it:
     afterwards the whole tree is at the old name or at the new one, byte-exact."""
-    seeds = _seeds(72000, RENAME_ROUNDS if store_url.startswith("file:") else RENAME_ROUNDS // 2)
+    seeds = crash_seeds(72000, RENAME_ROUNDS if store_url.startswith("file:") else RENAME_ROUNDS // 2)
     m = mounter(store_url)
     failures: list[str] = []
     for r, seed in enumerate(seeds):
@@ -202,7 +182,7 @@ def test_kill_points_during_multipart_upload(mounter: Callable[..., Mount], s3_u
     afterwards absent or complete, and no unfinished upload survives a repair."""
     failures: list[str] = []
     m = mounter(s3_url)
-    for r, seed in enumerate(_seeds(73000, MULTIPART_ROUNDS)):
+    for r, seed in enumerate(crash_seeds(73000, MULTIPART_ROUNDS)):
         rng = random.Random(seed)
         data = rng.randbytes(20 * MiB)
         (m.path / f"mp{r}").mkdir()
@@ -282,198 +262,4 @@ def test_rename_intents_are_settled(local_url: str) -> None:
 
 # -- checkpoint restore and fork -------------------------------------------
 
-RESTORE_ROUNDS = int(os.environ.get("CRASH_RESTORE_ROUNDS", "3"))
-FORK_ROUNDS = int(os.environ.get("CRASH_FORK_ROUNDS", "3"))
 
-
-def _tree(url: str, ws: str) -> dict[str, str] | None:
-    """sha256 of every file of workspace ``ws`` read through the library (None: no workspace)."""
-    import hashlib
-
-    import agentfs
-    from agentfs.errors import NotFound
-
-    try:
-        c = agentfs.open_workspace(url, ws, create=False)
-    except NotFound:
-        return None
-    try:
-        return {s.path: hashlib.sha256(c.read_bytes(s.path)).hexdigest()
-                for s in c.walk("") if s.kind == "file"}
-    finally:
-        c.close()
-
-
-def _finish_materialisation(url: str, ws: str) -> None:
-    import agentfs
-
-    c = agentfs.open_workspace(url, ws, create=False)
-    try:
-        c.materialize()
-    finally:
-        c.close()
-
-
-def _cli_killed_at(args: list[str], delay: float) -> bool:
-    """Run ``agentfs ARGS``; SIGKILL it after ``delay`` s. True if it was killed."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.helpers.mount import REPO
-
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "agentfs", *args], env=env, cwd=str(REPO),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        p.wait(timeout=delay)
-        return False
-    except subprocess.TimeoutExpired:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-        return True
-
-
-def _timed_cli(args: list[str]) -> float:
-    import subprocess
-    import sys
-
-    from tests.helpers.mount import REPO
-
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "agentfs", *args], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                       cwd=str(REPO), capture_output=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return time.monotonic() - t0
-
-
-def _sha(b: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(b).hexdigest()
-
-
-def _two_states(url: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Workspace ``ws`` with checkpoints ``old`` and ``new`` (40 files rewritten, 10 added);
-    returns the two trees (path -> sha256)."""
-    import agentfs
-
-    rng = random.Random(99)
-    old = {f"d{i % 4}/f{i:02d}": f"old {i}\n".encode() * 400 for i in range(40)}
-    new = {p: f"new {p}\n".encode() * 300 for p in old} | {f"extra/f{i}": rng.randbytes(20_000)
-                                                            for i in range(40, 50)}
-    c = agentfs.open_workspace(url, "ws")
-    try:
-        for d in ("d0", "d1", "d2", "d3", "extra"):
-            c.mkdir(d)
-        for p, b in old.items():
-            c.write_bytes(p, b)
-        c.checkpoint("old")
-        for p, b in new.items():
-            c.write_bytes(p, b)
-        c.checkpoint("new")
-    finally:
-        c.close()
-    return {p: _sha(b) for p, b in old.items()}, {p: _sha(b) for p, b in new.items()}
-
-
-def _kill_delay(rng: random.Random, start: float, full: float) -> float:
-    """A moment in the work of a command that takes ``full`` s, ``start`` of them to start up."""
-    begin = 0.8 * min(start, full)
-    return begin + rng.uniform(0.0, 1.1) * max(full - begin, 0.05)
-
-
-def test_kill_points_during_checkpoint_restore(store_url: str) -> None:
-    """SIGKILL ``agentfs checkpoint restore`` at seeded moments: the workspace is
-    the state before or the state restored, never a mix; reads are right before
-    the materialisation is finished (by the next client); check is clean."""
-    url = store_url
-    trees = dict(zip(("old", "new"), _two_states(url), strict=True))
-    at = "new"
-    # calibrate: one whole restore and back
-    full = _timed_cli(["checkpoint", "restore", f"{url}/ws", "old"])
-    _timed_cli(["checkpoint", "restore", f"{url}/ws", "new"])
-    start = _timed_cli(["checkpoint", "list", f"{url}/ws"])  # interpreter start and store open
-    assert _tree(url, "ws") == trees["new"]
-    killed = 0
-    outcomes: dict[str, int] = {}
-    for seed in _seeds(5000, RESTORE_ROUNDS):
-        rng = random.Random(seed)
-        target = "old" if at == "new" else "new"
-        delay = _kill_delay(rng, start, full)
-        killed += _cli_killed_at(["checkpoint", "restore", f"{url}/ws", target], delay)
-        ctx = f"restore kill point seed={seed} (delay {delay:.2f}s of {full:.2f}s; CRASH_SEED={seed})"
-        got = _tree(url, "ws")
-        assert got in (trees[at], trees[target]), f"{ctx}: a restore interrupted by a kill is half done"
-        _finish_materialisation(url, "ws")
-        assert _tree(url, "ws") == got, f"{ctx}: materialisation changed the bytes"
-        check_clean_or_repaired(url, ctx)
-        kind = "restored" if got == trees[target] else "not started"
-        outcomes[kind] = outcomes.get(kind, 0) + 1
-        at = target if got == trees[target] else at
-        SURVIVED["checkpoint-restore"] = SURVIVED.get("checkpoint-restore", 0) + 1
-    n = len(_seeds(5000, RESTORE_ROUNDS))
-    print(f"\n[crash] checkpoint-restore: {n} of {n} kill points survived ({killed} killed mid-run, "
-          f"full restore {full:.2f}s, {outcomes})")
-
-
-def test_kill_points_during_fork_materialisation(store_url: str) -> None:
-    """SIGKILL ``agentfs checkpoint fork ws@old fN`` at seeded moments: the new
-    workspace is absent or empty (not started; a retry of the fork then works),
-    or it holds the whole checkpoint (its materialisation is finished by the
-    next client); the source is unchanged; check is clean."""
-    url = store_url
-    old, new = _two_states(url)
-    full = _timed_cli(["checkpoint", "fork", f"{url}/ws@old", "calib"])
-    start = _timed_cli(["checkpoint", "list", f"{url}/ws"])
-    assert _tree(url, "calib") == old
-    killed = 0
-    outcomes: dict[str, int] = {}
-    for n, seed in enumerate(_seeds(6000, FORK_ROUNDS)):
-        rng = random.Random(seed)
-        delay = _kill_delay(rng, start, full)
-        name = f"f{n}"
-        killed += _cli_killed_at(["checkpoint", "fork", f"{url}/ws@old", name], delay)
-        ctx = f"fork kill point seed={seed} (delay {delay:.2f}s of {full:.2f}s; CRASH_SEED={seed})"
-        got = _tree(url, name)
-        assert got in (None, {}, old), f"{ctx}: an interrupted fork is half done: {sorted(got or {})[:5]}"
-        kind = "absent" if got is None else "empty" if not got else "forked"
-        outcomes[kind] = outcomes.get(kind, 0) + 1
-        if got == old:
-            _finish_materialisation(url, name)
-        else:
-            _timed_cli(["checkpoint", "fork", f"{url}/ws@old", name])  # the retry works
-        assert _tree(url, name) == old, ctx
-        assert _tree(url, "ws") == new, f"{ctx}: the source changed"
-        check_clean_or_repaired(url, ctx)
-        SURVIVED["fork"] = SURVIVED.get("fork", 0) + 1
-    n = len(_seeds(6000, FORK_ROUNDS))
-    print(f"\n[crash] fork: {n} of {n} kill points survived ({killed} killed mid-run, "
-          f"full fork {full:.2f}s, {outcomes})")
-
-
-def test_fork_retry_takes_an_empty_leftover_workspace(local_url: str) -> None:
-    """Regression: a fork killed between creating the new workspace and its commit
-    left it empty, and every retry failed with "workspace exists".  A retry now
-    takes an empty workspace; a workspace with content is still refused."""
-    import agentfs
-    from agentfs.errors import AlreadyExists
-
-    c = agentfs.open_workspace(local_url, "ws")
-    try:
-        c.write_bytes("f", b"1")
-        c.checkpoint("cp")
-        agentfs.open_workspace(local_url, "leftover").close()  # what the killed fork left
-        full = agentfs.open_workspace(local_url, "full")
-        full.write_bytes("g", b"2")
-        full.close()
-        assert c.fork("cp", "leftover") == 1
-        with pytest.raises(AlreadyExists):
-            c.fork("cp", "full")
-        with pytest.raises(AlreadyExists):
-            c.fork("cp", "ws")
-    finally:
-        c.close()
-    assert _tree(local_url, "leftover") == {"f": _sha(b"1")}
-    assert _tree(local_url, "full") == {"g": _sha(b"2")}
-    check_clean_or_repaired(local_url, "fork retry")

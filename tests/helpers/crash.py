@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from agentfs.check import check_store
+from agentfs.store import open_store
 from tests.helpers.mount import REPO, Mount
 
-__all__ = ["DEAD_MOUNT", "KiB", "MiB", "Workload", "agentfs_cli", "assert_check_clean", "crash", "desc", "key_version", "kill_during_close", "read_reopening", "snapshot", "store_bytes", "verify_round", "wait_state", "write_all", "write_big_in_thread"]
+__all__ = ["DEAD_MOUNT", "SEED_BASE", "KiB", "MiB", "Workload", "agentfs_cli", "assert_check_clean", "check_clean_or_repaired", "crash", "crash_seeds", "desc", "key_version", "kill_during_close", "read_reopening", "snapshot", "store_bytes", "verify_round", "wait_state", "write_all", "write_big_in_thread"]
 
 
 KiB = 1024
@@ -328,3 +330,29 @@ def store_bytes(request: pytest.FixtureRequest, store_url: str, key: str) -> byt
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
+
+
+#: Shifts every seed of the kill-point tests (the soak script runs new kill points each pass).
+SEED_BASE = int(os.environ.get("CRASH_SEED_BASE", "0"))
+
+
+def crash_seeds(base: int, n: int) -> list[int]:
+    """The seeds of ``n`` rounds from ``base`` (shifted by ``CRASH_SEED_BASE``); ``CRASH_SEED`` picks one."""
+    if "CRASH_SEED" in os.environ:
+        return [int(os.environ["CRASH_SEED"])]
+    return [SEED_BASE + base + r for r in range(n)]
+
+
+def check_clean_or_repaired(url: str, context: str) -> None:
+    """No check errors; temporary objects, if any, removed by a repair."""
+    store = open_store(url)
+    try:
+        rep = check_store(store)
+        assert rep.clean, f"{context}: agentfs check: {rep.model_dump_json(indent=1)}"
+        if any("temporary" in n for n in rep.notices):
+            rep = check_store(store, repair=True)
+            rep = check_store(store)
+            assert rep.clean and not any("temporary" in n for n in rep.notices), (
+                f"{context}: temporary objects after --repair: {rep.notices}")
+    finally:
+        store.close()
