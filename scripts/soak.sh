@@ -9,7 +9,8 @@
 #     faults with --ops operations (default 20000) on a memory and a local store;
 #   - tests/crash/test_crash_points.py: --kills random kill points (default 100), plus
 #     compaction and directory-rename kill points (and multipart on S3 with --s3),
-#     and --kills/10 kill points each during checkpoint restore and fork;
+#     and (tests/crash/test_crash_points_checkpoints.py) --kills/10 kill points each
+#     during checkpoint restore and fork;
 #   - tests/mount/test_model_ext.py: the model-based random test with seed N+i.
 # A failure stops the soak and prints the seed to rerun with.  Logs go to
 # $SOAK_LOG_DIR (default /tmp/agentfs-soak-<seed>).
@@ -58,7 +59,7 @@ while (( $(date +%s) < end )); do
     (( s3 )) && sel="$sel or multipart"
     if ! CRASH_SEED_BASE=$(( s * 100000 )) CRASH_POINTS_ROUNDS=$kills \
             CRASH_RESTORE_ROUNDS=$(( kills / 10 + 1 )) CRASH_FORK_ROUNDS=$(( kills / 10 + 1 )) "$PY" -m pytest -q -s -x \
-            tests/crash/test_crash_points.py -k "$sel" >"$logdir/crash-$s.log" 2>&1; then
+            tests/crash/test_crash_points.py tests/crash/test_crash_points_checkpoints.py -k "$sel" >"$logdir/crash-$s.log" 2>&1; then
         echo "FAILED: kill points, CRASH_SEED_BASE=$(( s * 100000 )); see $logdir/crash-$s.log" >&2
         exit 1
     fi
