@@ -26,7 +26,7 @@ import pytest
 from agentfs.check import check_store
 from agentfs.store import open_store
 
-__all__ = ["Mount", "fuse_available", "is_mounted"]
+__all__ = ["Mount", "fuse_available", "is_mounted", "local_store_only"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -172,6 +172,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         d.mkdir()
         return f"file://{d}"
     return request.getfixturevalue("s3_url")
+
+
+#: Runs a ``store_url`` test on the local store only.  For claims the journal
+#: holds alike on every store (names, metadata, error paths): what a store
+#: itself does is pinned on every backend by the store conformance tests.
+local_store_only = pytest.mark.parametrize("store_url", ["local"], indirect=True)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """POSIX semantics of a live agentfs mount, one small claim per test.
 
 Every test runs in ``ws`` (a fresh workspace directory on a real mount, over a
-local store and over moto S3).  With ``AGENTFS_TEST_TARGET=localdir`` ``ws`` is
+local store and over moto S3; the claims about names, metadata and error paths,
+marked ``local_store_only``, over the local store: the journal holds them alike
+on every store, and the store conformance tests pin what the stores do).  With ``AGENTFS_TEST_TARGET=localdir`` ``ws`` is
 a plain local directory: the tests must pass there too, which is how they are
 checked to be right; the few deliberate differences are handled by
 ``LOCALDIR``-aware helpers below.
@@ -20,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.mount import local_store_only
 
 LOCALDIR = os.environ.get("AGENTFS_TEST_TARGET") == "localdir"
 XATTR_SIZE_MAX = 64 * 1024  # Linux limit on one xattr value
@@ -143,6 +147,7 @@ def test_append_from_two_fds(ws: Path) -> None:
     assert read(p) == expected
 
 
+@local_store_only
 def test_o_excl_on_existing_file(ws: Path) -> None:
     p = ws / "excl"
     with fd_open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL) as fd:
@@ -277,6 +282,7 @@ def test_rename_dir_over_file(ws: Path) -> None:
     assert (ws / "d").is_dir()
 
 
+@local_store_only
 def test_rename_dir_into_itself(ws: Path) -> None:
     (ws / "d" / "sub").mkdir(parents=True)
     expect_errno(errno.EINVAL, os.rename, ws / "d", ws / "d" / "sub" / "x")
@@ -286,6 +292,7 @@ def test_rename_dir_into_itself(ws: Path) -> None:
 # ---------------------------------------------------------------- namespace errors
 
 
+@local_store_only
 def test_mkdir_existing(ws: Path) -> None:
     (ws / "d").mkdir()
     write(ws / "f", b"")
@@ -293,6 +300,7 @@ def test_mkdir_existing(ws: Path) -> None:
     expect_errno(errno.EEXIST, os.mkdir, ws / "f")
 
 
+@local_store_only
 def test_rmdir_non_empty(ws: Path) -> None:
     make_tree(ws / "d", {"f": b"x"})
     expect_errno(errno.ENOTEMPTY, os.rmdir, ws / "d")
@@ -302,23 +310,27 @@ def test_rmdir_non_empty(ws: Path) -> None:
     assert os.listdir(ws) == []
 
 
+@local_store_only
 def test_rmdir_non_empty_only_subdir(ws: Path) -> None:
     (ws / "d" / "sub").mkdir(parents=True)
     expect_errno(errno.ENOTEMPTY, os.rmdir, ws / "d")
 
 
+@local_store_only
 def test_rmdir_on_file(ws: Path) -> None:
     write(ws / "f", b"x")
     expect_errno(errno.ENOTDIR, os.rmdir, ws / "f")
     assert read(ws / "f") == b"x"
 
 
+@local_store_only
 def test_unlink_dir(ws: Path) -> None:
     (ws / "d").mkdir()
     expect_errno(errno.EISDIR, os.unlink, ws / "d")
     assert (ws / "d").is_dir()
 
 
+@local_store_only
 def test_open_missing(ws: Path) -> None:
     expect_errno(errno.ENOENT, os.open, ws / "missing", os.O_RDONLY)
     expect_errno(errno.ENOENT, os.stat, ws / "missing")
@@ -326,6 +338,7 @@ def test_open_missing(ws: Path) -> None:
     expect_errno(errno.ENOENT, os.unlink, ws / "missing")
 
 
+@local_store_only
 def test_path_through_a_file(ws: Path) -> None:
     write(ws / "f", b"x")
     expect_errno(errno.ENOTDIR, os.stat, ws / "f" / "x")
@@ -365,6 +378,7 @@ def test_new_file_under_name_of_unlinked_open_file(ws: Path) -> None:
 # ---------------------------------------------------------------- symlinks
 
 
+@local_store_only
 def test_symlink_readlink_lstat_stat(ws: Path) -> None:
     write(ws / "target.txt", b"0123456789")
     os.symlink("target.txt", ws / "link")
@@ -380,6 +394,7 @@ def test_symlink_readlink_lstat_stat(ws: Path) -> None:
     assert lst.st_ino != st.st_ino
 
 
+@local_store_only
 def test_symlink_dangling_and_to_dir(ws: Path) -> None:
     os.symlink("../nowhere/x", ws / "dangling")
     assert os.readlink(ws / "dangling") == "../nowhere/x"
@@ -393,6 +408,7 @@ def test_symlink_dangling_and_to_dir(ws: Path) -> None:
     assert read(ws / "dir" / "inside") == b"i"
 
 
+@local_store_only
 def test_symlink_long_target(ws: Path) -> None:
     target = "/".join(["d" * 200] * 20)  # 4019 bytes, < PATH_MAX
     os.symlink(target, ws / "long")
@@ -421,6 +437,7 @@ def _assert_meta(st: os.stat_result) -> None:
     assert st.st_atime_ns == ATIME_NS
 
 
+@local_store_only
 def test_chmod_chown_utime_reflected_in_stat(ws: Path) -> None:
     require_root()
     p = ws / "meta"
@@ -443,6 +460,7 @@ def test_chmod_chown_utime_persist_after_close_and_reopen(ws: Path) -> None:
     assert p.stat().st_size == 4
 
 
+@local_store_only
 def test_chmod_modes(ws: Path) -> None:
     p = ws / "m"
     write(p, b"")
@@ -456,6 +474,7 @@ def test_chmod_modes(ws: Path) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o750
 
 
+@local_store_only
 def test_create_mode_respects_umask(ws: Path) -> None:
     old = os.umask(0o027)
     try:
@@ -549,6 +568,7 @@ def test_directory_with_many_entries(ws: Path, store_url: str) -> None:
     assert os.stat(d / names[-1]).st_size == 0
 
 
+@local_store_only
 def test_name_length_limit(ws: Path) -> None:
     ok = "a" * 255
     too_long = "b" * 256
@@ -562,6 +582,7 @@ def test_name_length_limit(ws: Path) -> None:
     assert os.listdir(ws) == [ok]
 
 
+@local_store_only
 def test_name_length_limit_counts_bytes(ws: Path) -> None:
     ok = "文" * 85  # 255 bytes of UTF-8
     too_long = "é" * 128  # 128 characters, 256 bytes
@@ -593,6 +614,7 @@ def test_unicode_names_are_not_normalized(ws: Path) -> None:
     assert read(ws / nfd) == b"decomposed"
 
 
+@local_store_only
 def test_names_are_case_sensitive(ws: Path) -> None:
     write(ws / "File", b"upper")
     write(ws / "file", b"lower")
@@ -600,6 +622,7 @@ def test_names_are_case_sensitive(ws: Path) -> None:
     assert read(ws / "File") == b"upper"
 
 
+@local_store_only
 def test_scandir_types(ws: Path) -> None:
     write(ws / "file", b"x")
     (ws / "dir").mkdir()
@@ -625,6 +648,7 @@ def test_scandir_types(ws: Path) -> None:
         assert e.inode() == os.lstat(ws / name).st_ino, name
 
 
+@local_store_only
 def test_dot_and_dotdot(ws: Path) -> None:
     (ws / "a" / "b").mkdir(parents=True)
     assert os.path.samestat(os.stat(ws / "a" / "b" / ".."), os.stat(ws / "a"))
@@ -634,6 +658,7 @@ def test_dot_and_dotdot(ws: Path) -> None:
         assert [e.name for e in it] == ["b"]
 
 
+@local_store_only
 def test_inode_numbers_distinct_and_stable(ws: Path) -> None:
     for i in range(20):
         write(ws / f"f{i}", b"")
@@ -657,6 +682,7 @@ def _user_xattrs(p: Path) -> set[str]:
     return {n for n in os.listxattr(p) if n.startswith("user.")}
 
 
+@local_store_only
 def test_xattr_set_get_list_remove(ws: Path) -> None:
     p = _xattr_file(ws)
     os.setxattr(p, "user.one", b"1")
@@ -672,6 +698,7 @@ def test_xattr_set_get_list_remove(ws: Path) -> None:
     assert read(p) == b"content"
 
 
+@local_store_only
 def test_xattr_on_directory(ws: Path) -> None:
     (ws / "d").mkdir()
     os.setxattr(ws / "d", "user.tag", b"dir")
@@ -701,6 +728,7 @@ def test_xattr_64k_value(ws: Path) -> None:
     assert os.getxattr(p, "user.big") == value
 
 
+@local_store_only
 def test_xattr_binary_value_with_nul(ws: Path) -> None:
     p = _xattr_file(ws)
     value = b"\0a\0\xff\xfe\0" + bytes(range(256)) + b"\0"
@@ -708,6 +736,7 @@ def test_xattr_binary_value_with_nul(ws: Path) -> None:
     assert os.getxattr(p, "user.bin") == value
 
 
+@local_store_only
 def test_xattr_create_on_existing(ws: Path) -> None:
     p = _xattr_file(ws)
     os.setxattr(p, "user.k", b"first", os.XATTR_CREATE)
@@ -715,6 +744,7 @@ def test_xattr_create_on_existing(ws: Path) -> None:
     assert os.getxattr(p, "user.k") == b"first"
 
 
+@local_store_only
 def test_xattr_replace_on_missing(ws: Path) -> None:
     p = _xattr_file(ws)
     expect_errno(errno.ENODATA, os.setxattr, p, "user.k", b"v", os.XATTR_REPLACE)
@@ -724,16 +754,19 @@ def test_xattr_replace_on_missing(ws: Path) -> None:
     assert os.getxattr(p, "user.k") == b"w"
 
 
+@local_store_only
 def test_xattr_get_missing(ws: Path) -> None:
     p = _xattr_file(ws)
     expect_errno(errno.ENODATA, os.getxattr, p, "user.nope")
 
 
+@local_store_only
 def test_xattr_remove_missing(ws: Path) -> None:
     p = _xattr_file(ws)
     expect_errno(errno.ENODATA, os.removexattr, p, "user.nope")
 
 
+@local_store_only
 def test_xattr_value_too_big(ws: Path) -> None:
     p = _xattr_file(ws)
     expect_errno(too_big_xattr_errnos(), os.setxattr, p, "user.huge", b"v" * (XATTR_SIZE_MAX + 1))
@@ -743,6 +776,7 @@ def test_xattr_value_too_big(ws: Path) -> None:
 # ---------------------------------------------------------------- hard links
 
 
+@local_store_only
 def test_hard_link_not_supported(ws: Path) -> None:
     if LOCALDIR:
         pytest.skip("local filesystems support hard links; agentfs does not")
