@@ -1,5 +1,9 @@
 """Mount options and the top level of a mount: --workspace, --read-only, workspaces
-as top-level directories, agentfs's own records never visible, the control channel."""
+as top-level directories, agentfs's own records never visible, the control channel.
+
+Over a local store and moto S3; --workspace, --read-only and the control channel,
+which the mount answers without the store, over the local store only.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 
 from agentfs.store import open_store
 from agentfs.vfs import CONTROL_PID, CONTROL_STATUS
-from tests.helpers.mount import REPO, Mount
+from tests.helpers.mount import REPO, Mount, local_store_only
 
 
 def _errno_of(fn: Callable[[], object]) -> int:
@@ -38,6 +42,7 @@ def test_top_level_is_workspaces(mount: Mount) -> None:
     assert any(o.key.startswith(".agentfs/alpha/log/") for o in store.list(".agentfs/"))
 
 
+@local_store_only
 def test_single_workspace_mount(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, "--workspace", "proj")
     (m.path / "sub").mkdir()
@@ -52,6 +57,7 @@ def test_single_workspace_mount(mounter: Callable[..., Mount], store_url: str) -
     assert (whole.path / "proj" / "sub" / "a.txt").read_bytes() == b"hello"
 
 
+@local_store_only
 def test_read_only_mount(mounter: Callable[..., Mount], store_url: str) -> None:
     rw = mounter(store_url)
     (rw.path / "ws").mkdir()
@@ -73,6 +79,7 @@ def test_read_only_mount(mounter: Callable[..., Mount], store_url: str) -> None:
     assert (ws / "keep.txt").read_bytes() == b"kept"
 
 
+@local_store_only
 def test_control_channel(mount: Mount) -> None:
     assert int(os.getxattr(mount.path, CONTROL_PID)) == mount.pid
     status = os.getxattr(mount.path, CONTROL_STATUS)

@@ -1,6 +1,6 @@
 """Agent state through a real FUSE mount (a local store and moto S3): typed
 ``user.agentfs.*`` xattrs with getfattr/setfattr and ``os.setxattr``, EINVAL
-with the mount alive, attribution of two agents, the audit log across
+with the mount alive (local store only: refused before the store), attribution of two agents, the audit log across
 remounts and mounts, ``agentfs state ls`` while mounted, TTL pruning by the
 mount, and STATE.md.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agentfs.store import open_store
-from tests.helpers.mount import Mount
+from tests.helpers.mount import Mount, local_store_only
 
 REPO = Path(__file__).resolve().parents[2]
 P = "user.agentfs."
@@ -87,6 +87,7 @@ def test_typed_state_with_setfattr_getfattr_and_os(mounter: Callable[..., Mount]
     assert ei.value.errno == errno.EINVAL
 
 
+@local_store_only
 def test_invalid_values_are_einval_and_the_mount_stays_alive(mounter: Callable[..., Mount],
                                                              store_url: str) -> None:
     m = mounter(store_url)

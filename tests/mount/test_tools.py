@@ -2,7 +2,10 @@
 
 Each test works in ``ws`` (a fresh workspace on a real mount, over a local
 store and over moto S3; a plain local directory with
-``AGENTFS_TEST_TARGET=localdir``).  Scratch data outside the mount goes to
+``AGENTFS_TEST_TARGET=localdir``).  The programs that only create, rename and
+chmod many small files run on the local store only (``local_store_only``): those
+operations are checked on both stores by the POSIX tests, and the store
+conformance tests pin what the stores do; sqlite and the large files run on both.  Scratch data outside the mount goes to
 ``tmp_path``.
 """
 
@@ -17,6 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.mount import local_store_only
 
 MiB = 1024 * 1024
 BASE_NS = 1_400_000_000_250_000_000  # a past mtime with a fractional second
@@ -162,6 +167,7 @@ def git(repo: Path, env: dict[str, str], *args: str) -> str:
 # ---------------------------------------------------------------- git
 
 
+@local_store_only
 def test_git_workflow(ws: Path, tmp_path: Path) -> None:
     env = tool_env(tmp_path)
     repo = ws / "repo"
@@ -213,6 +219,7 @@ def test_git_workflow(ws: Path, tmp_path: Path) -> None:
     assert len(git(repo, env, "log", "--oneline").splitlines()) == 2
 
 
+@local_store_only
 def test_git_clone_within_workspace(ws: Path, tmp_path: Path) -> None:
     # A local clone tries hard links for objects and must fall back to copying.
     env = tool_env(tmp_path)
@@ -232,6 +239,7 @@ def test_git_clone_within_workspace(ws: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- tar, cp, rsync
 
 
+@local_store_only
 def test_tar_extract(ws: Path, tmp_path: Path) -> None:
     env = tool_env(tmp_path)
     src = tmp_path / "src"
@@ -252,6 +260,7 @@ def test_tar_extract(ws: Path, tmp_path: Path) -> None:
     assert listing(again) == listing(archive)
 
 
+@local_store_only
 def test_cp_a_into_and_out_of_workspace(ws: Path, tmp_path: Path) -> None:
     env = tool_env(tmp_path)
     src = tmp_path / "src"
@@ -262,6 +271,7 @@ def test_cp_a_into_and_out_of_workspace(ws: Path, tmp_path: Path) -> None:
     assert_same_tree(src, tmp_path / "back")
 
 
+@local_store_only
 def test_rsync_second_run_transfers_nothing(ws: Path, tmp_path: Path) -> None:
     env = tool_env(tmp_path)
     src = tmp_path / "src"
@@ -280,6 +290,7 @@ def test_rsync_second_run_transfers_nothing(ws: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- editors
 
 
+@local_store_only
 def test_editor_atomic_save_repeated(ws: Path) -> None:
     f, tmp = ws / "f", ws / "f.tmp"
     f.write_bytes(b"version -1\n")
@@ -299,6 +310,7 @@ def test_editor_atomic_save_repeated(ws: Path) -> None:
         os.close(held)
 
 
+@local_store_only
 def test_editor_backup_rename_save(ws: Path) -> None:
     f, backup = ws / "f", ws / "f~"
     f.write_bytes(b"original\n")
@@ -314,6 +326,7 @@ def test_editor_backup_rename_save(ws: Path) -> None:
         assert os.listdir(ws) == ["f"]
 
 
+@local_store_only
 def test_vim_save_with_backup(ws: Path, tmp_path: Path) -> None:
     f = ws / "notes.txt"
     f.write_text("old line 1\nold line 2\n")
