@@ -379,9 +379,26 @@ def test_closing_the_file_releases_the_lease(tmp_path: Path) -> None:
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return cli_all(args, timeout=timeout)[0]
+
+
+def cli_all(*calls: tuple[str, ...], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Run independent ``agentfs`` invocations at once (each one pays for
+    starting Python and importing agentfs) and return their results in order."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run([sys.executable, "-m", "agentfs", *args], capture_output=True, env=env,
-                          timeout=timeout)
+    procs = [subprocess.Popen([sys.executable, "-m", "agentfs", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env) for args in calls]
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            out.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
 
 
 def test_cli_lock_on_a_local_file_is_refused(tmp_path: Path) -> None:
@@ -392,17 +409,20 @@ def test_cli_lock_on_a_local_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "lockfile"
     f.write_bytes(b"")
     marker = tmp_path / "ran"
-    for target in (f, tmp_path / "new"):
-        r = cli("lock", str(target), "--", "touch", str(marker))
+    *refused, bad_code, no_command, both_modes = cli_all(
+        *(("lock", str(target), "--", "touch", str(marker)) for target in (f, tmp_path / "new")),
+        ("lock", "-E", "300", str(f), "--", "true"), ("lock", str(f)),
+        ("lock", "-s", "-x", str(f), "--", "true"))
+    for r in refused:
         assert r.returncode == 64, r.stderr
         err = r.stderr.decode().strip()
         assert err.startswith("agentfs: not on an agentfs mount") and "flock(1)" in err, err
         assert len(err.splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "new").exists()
     assert "user.agentfs.lock" not in os.listxattr(f)
-    assert cli("lock", "-E", "300", str(f), "--", "true").returncode == 64
-    assert cli("lock", str(f)).returncode == 64
-    assert cli("lock", "-s", "-x", str(f), "--", "true").returncode == 64
+    assert bad_code.returncode == 64
+    assert no_command.returncode == 64
+    assert both_modes.returncode == 64
 
 
 def test_cli_locks_and_break_without_a_mount(tmp_path: Path) -> None:
@@ -413,19 +433,21 @@ def test_cli_locks_and_break_without_a_mount(tmp_path: Path) -> None:
         w.write_bytes("a.md", b"a")
     ls = LeaseStore(open_store(url), WS)
     ls.acquire("a.md", "exclusive", Who("carol", "h9", "m9", 99), 300)
-    r = cli("locks", f"{url}/{WS}", "--json")
+    r, text = cli_all(("locks", f"{url}/{WS}", "--json"), ("locks", f"{url}/{WS}"))
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert rows[0]["path"] == "a.md" and rows[0]["holders"][0]["agent"] == "carol"
-    assert b"carol@h9" in cli("locks", f"{url}/{WS}").stdout
+    assert b"carol@h9" in text.stdout
     r = cli("lock", "--break", f"{url}/{WS}/a.md")
     assert r.returncode == 0, r.stderr
     assert b"carol@h9" in r.stdout
-    assert json.loads(cli("locks", f"{url}/{WS}", "--json").stdout) == []
-    assert json.loads(cli("locks", f"{url}/{WS}", "--json", "--all").stdout)[0]["token"] == 1
+    live, every, other_ws = cli_all(("locks", f"{url}/{WS}", "--json"), ("locks", f"{url}/{WS}", "--json", "--all"),
+                                    ("lock", "--break", f"{url}/nosuchws/a.md"))
+    assert json.loads(live.stdout) == []
+    assert json.loads(every.stdout)[0]["token"] == 1
     recs = [r for c in Journal(open_store(url), WS).commits_after(0) for r in c.records]
     assert [r.action for r in recs if r.op.op == "note"] == ["lock-break"]
-    assert cli("lock", "--break", f"{url}/nosuchws/a.md").returncode == 2
+    assert other_ws.returncode == 2
     assert check_store(open_store(url)).clean
 
 
