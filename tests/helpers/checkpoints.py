@@ -13,6 +13,7 @@ __all__ = ["cli", "ok"]
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m agentfs ARGS`` with text output; raises TimeoutExpired after ``timeout`` s."""
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(REPO))
     return subprocess.run([sys.executable, "-m", "agentfs", *args], capture_output=True, text=True,
@@ -20,6 +21,7 @@ def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def ok(*args: str) -> str:
+    """Run ``agentfs ARGS``; assert it exits 0 and return its stdout."""
     r = cli(*args)
     assert r.returncode == 0, f"agentfs {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     return r.stdout

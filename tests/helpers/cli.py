@@ -16,6 +16,7 @@ AGENT = "tester"
 
 
 def cli_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a CLI call: this one's, the test agent's name, ``extra`` on top."""
     env = dict(os.environ)
     env.pop("AGENTFS_LOG", None)
     env["AGENTFS_AGENT"] = AGENT
@@ -24,6 +25,7 @@ def cli_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def start_cli(args: tuple[str, ...], env: dict[str, str] | None, stdin: bool) -> subprocess.Popen:
+    """Start ``python -m agentfs ARGS`` with piped output (and stdin when ``stdin``)."""
     return subprocess.Popen([sys.executable, "-m", "agentfs", *args], cwd=REPO, env=cli_env(env),
                             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -31,6 +33,7 @@ def start_cli(args: tuple[str, ...], env: dict[str, str] | None, stdin: bool) ->
 
 def cli(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run one ``agentfs`` call; kill it and raise TimeoutExpired after ``timeout`` s."""
     p = start_cli(args, env, input is not None)
     try:
         out, err = p.communicate(input, timeout=timeout)
@@ -61,11 +64,13 @@ def cli_many(*calls: tuple, env: dict[str, str] | None = None,
 
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Assert that a call exited 0 (the message shows its output); return it."""
     assert r.returncode == 0, f"{r.args[3:]} exited {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
     return r
 
 
 def one_line_error(r: subprocess.CompletedProcess, code: int) -> str:
+    """Assert a call failed with ``code`` and one ``agentfs: ...`` line on stderr; return that line."""
     err = r.stderr.decode(errors="replace")
     assert "Traceback" not in err, err
     assert r.returncode == code, f"{r.args[3:]}: exit {r.returncode}, expected {code}; stderr: {err!r}"
@@ -76,4 +81,5 @@ def one_line_error(r: subprocess.CompletedProcess, code: int) -> str:
 
 
 def lines(r: subprocess.CompletedProcess) -> list[str]:
+    """A call's stdout as lines."""
     return r.stdout.decode().splitlines()

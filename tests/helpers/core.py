@@ -65,6 +65,7 @@ class Counting(MemoryStore):
 
 
 async def core_workspace(store: Any, cache: Path, *, verify: bool = False) -> Workspace:
+    """A loaded Workspace ``w`` on ``store`` with its cache in ``cache``, as a mount makes it."""
     ws = Workspace(store, "w", table=InodeTable(), cache=Cache(cache), limiter=trio.CapacityLimiter(8),
                    agent="t", mount_id=os.urandom(6).hex())
     await ws.load(verify=verify)
@@ -86,6 +87,7 @@ async def with_flusher(ws: Workspace, body: Callable[[], Awaitable[None]], flush
 
 
 async def write_core_file(ws: Workspace, path: str, data: bytes, me: Caller, mode: int = 0o644) -> None:
+    """Create or overwrite ``path`` with ``data`` through the Workspace (open, write, flush, release)."""
     parent_path, _, name = path.rpartition("/")
     parent = ws.resolve(parent_path)
     if name in (parent.children or {}):

@@ -38,6 +38,7 @@ DEAD_MOUNT = {errno.ENOTCONN, errno.EIO, errno.ECONNABORTED, errno.ENODEV}
 
 
 def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -45,12 +46,14 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def desc(data: bytes | None) -> str:
+    """A short description of file contents for failure messages: size and hash prefix."""
     if data is None:
         return "<missing>"
     return f"<{len(data)} bytes sha {hashlib.sha256(data).hexdigest()[:10]}>"
 
 
 def agentfs_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m agentfs ARGS`` from the repository root and capture its output."""
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(REPO))
     return subprocess.run([sys.executable, "-m", "agentfs", *args], capture_output=True, env=env,
@@ -58,6 +61,7 @@ def agentfs_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def assert_check_clean(store_url: str, context: str = "") -> None:
+    """Assert ``agentfs check STORE`` exits 0 (``context`` prefixes the message)."""
     r = agentfs_cli("check", store_url)
     assert r.returncode == 0, (f"{context}agentfs check {store_url} exited {r.returncode}:\n"
                                f"{r.stdout.decode()}\n{r.stderr.decode()}")
@@ -210,6 +214,7 @@ class Workload:
 
 
 def verify_round(seed: int, w: Workload, root: Path) -> None:
+    """Fail unless the tree at ``root`` is the workload's state before or after its operation in flight."""
     files, dirs = snapshot(root)
     candidates = [("before the op in flight", w.files, w.dirs)]
     if w.inflight is not None:
@@ -272,6 +277,7 @@ def write_big_in_thread(path: Path, data: bytes, state: dict[str, Any]) -> threa
 
 
 def wait_state(state: dict[str, Any], pred: Callable[[dict[str, Any]], bool], timeout: float = 60) -> None:
+    """Wait until ``pred(state)`` holds for the writer thread's state; fail if the writer failed or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     while not pred(state):
         assert time.monotonic() < deadline, f"writer did not get there: {state}"

@@ -28,10 +28,12 @@ NODES = ("a", "b", "c")
 
 
 class State(TypedDict):
+    """The graph's state: the nodes that ran, in order."""
     steps: Annotated[list[str], operator.add]
 
 
 def seen(client: WorkspaceClient) -> list[str]:
+    """The files the nodes wrote under ``out/`` (one per node run), sorted."""
     try:
         return sorted(client.listdir("out"))
     except NotFound:
@@ -39,6 +41,7 @@ def seen(client: WorkspaceClient) -> list[str]:
 
 
 def build(saver: Any, client: WorkspaceClient, *, interrupt_at: str = "", kill_at: str = "") -> Any:
+    """The three-node graph checkpointed by ``saver``; it may interrupt or kill itself at a node."""
     def node(name: str) -> Any:
         def run(state: State) -> dict[str, list[str]]:
             answer = interrupt(f"approve {name}?") if name == interrupt_at else ""

@@ -75,6 +75,7 @@ print("released", flush=True)
 
 @dataclass
 class Holder:
+    """A lock-holding child process and its command pipe."""
     proc: subprocess.Popen
 
     def line(self, timeout: float = 60.0) -> str:
@@ -101,6 +102,7 @@ class Holder:
 
 @pytest.fixture
 def holders() -> Iterator[Callable[..., Holder]]:
+    """Factory of lock holders; every holder started is stopped at teardown."""
     started: list[Holder] = []
 
     def start(path: Path, how: str, agent: str = "holder", expect: str = "locked") -> Holder:
@@ -119,6 +121,7 @@ def holders() -> Iterator[Callable[..., Holder]]:
 
 
 def lock_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m agentfs ARGS`` (lock commands) and capture its output."""
     return agentfs_cli("lock", *args, timeout=timeout)
 
 

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    """Call ``tool``; assert it succeeded and return its structured result."""
     r = await client.call_tool(tool, args)
     assert not r.is_error, (tool, r.content)
     assert r.structured_content is not None
@@ -42,6 +43,7 @@ async def err(client: Client, tool: str, *, one_line: bool = True, **args: Any) 
 
 
 def assert_clean(url: str) -> None:
+    """Assert ``agentfs check`` of the store at ``url`` finds nothing."""
     store = open_store(url)
     try:
         rep = check_store(store)
@@ -62,11 +64,13 @@ async def stdio_session(url: str, ws: str, *args: str) -> AsyncIterator[Client]:
 
 
 def run(fn: Callable[[], Any]) -> None:
+    """Run an async test body under anyio."""
     anyio.run(fn)
 
 
 @asynccontextmanager
 async def inproc(url: str, ws: str = "ws", **settings: Any) -> AsyncIterator[tuple[Client, McpApp]]:
+    """An MCP client connected to an in-process server of workspace ``ws``."""
     app = McpApp(agentfs.open_workspace(url, ws, agent="bot"), McpSettings(**settings))
     try:
         async with Client(app.server) as c:
@@ -76,5 +80,6 @@ async def inproc(url: str, ws: str = "ws", **settings: Any) -> AsyncIterator[tup
 
 
 def app_bytes(url: str, path: str) -> bytes:
+    """The bytes of ``path`` in workspace ``ws``, read through the Python API."""
     with agentfs.open_workspace(url, "ws", create=False) as ws:
         return ws.read_bytes(path)

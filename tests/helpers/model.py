@@ -20,10 +20,12 @@ __all__ = ["NAMES", "XATTRS", "Gen", "Model", "Op", "Real", "Runner", "fail", "f
 
 
 def fail(code: int) -> None:
+    """Raise the OSError of ``code`` (a model operation's failure)."""
     raise OSError(code, os.strerror(code))
 
 
 def parent(p: str) -> str:
+    """The parent of a model path (``""`` is the root)."""
     return p.rpartition("/")[0]
 
 
@@ -373,6 +375,7 @@ class Real:
 
 
 def fmt(v: Any) -> str:
+    """A short form of an outcome for failure messages."""
     if isinstance(v, bytes | bytearray):
         return f"bytes[{len(v)}]#{zlib.crc32(v):08x}"
     if isinstance(v, tuple | list):
@@ -382,6 +385,7 @@ def fmt(v: Any) -> str:
 
 @dataclass(frozen=True)
 class Op:
+    """One generated operation: its name and arguments."""
     name: str
     args: tuple
 
@@ -390,6 +394,7 @@ class Op:
 
 
 def outcome(fn, *args) -> tuple[str, Any]:
+    """``("ok", result)`` or ``("err", errno name)`` of calling ``fn``."""
     try:
         return "ok", fn(*args)
     except OSError as e:
@@ -397,6 +402,7 @@ def outcome(fn, *args) -> tuple[str, Any]:
 
 
 def first_diff(a: bytes, b: bytes) -> str:
+    """Where two byte strings first differ, for failure messages."""
     i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return f"len {len(a)} vs {len(b)}, first difference at offset {i}"
 
@@ -467,6 +473,7 @@ XATTRS = ["user.a", "user.b", "user.checksum", "user.mime"]
 
 
 def rand_size(rng: random.Random) -> int:
+    """A random file size, mostly small, sometimes past block boundaries."""
     r = rng.random()
     if r < 0.05:
         return 0

@@ -32,10 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fuse_available() -> bool:
+    """True when /dev/fuse exists and this process may open it (the mount tests need it)."""
     return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
 
 
 def is_mounted(path: Path) -> bool:
+    """True when ``path`` is a mount point in /proc/mounts."""
     target = os.path.realpath(path)
     with open("/proc/mounts") as f:
         return any(line.split()[1] == target for line in f)

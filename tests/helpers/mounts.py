@@ -53,6 +53,7 @@ def read_or_none(p: Path) -> bytes | None:
 
 
 def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -60,6 +61,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_file(p: Path, data: bytes) -> None:
+    """Write ``p`` whole with one open/write/close."""
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data)
@@ -68,6 +70,7 @@ def write_file(p: Path, data: bytes) -> None:
 
 
 def agentfs_cli(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m agentfs ARGS`` from the repository root and capture its output."""
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(REPO))
     return subprocess.run([sys.executable, "-m", "agentfs", *args], capture_output=True, input=input,
@@ -75,6 +78,7 @@ def agentfs_cli(*args: str, input: bytes | None = None, timeout: float = 60) -> 
 
 
 def assert_check_clean(store_url: str) -> None:
+    """Assert ``agentfs check STORE`` exits 0."""
     r = agentfs_cli("check", store_url)
     assert r.returncode == 0, (
         f"agentfs check {store_url} exited {r.returncode}:\n{r.stdout.decode()}\n{r.stderr.decode()}")
@@ -82,6 +86,7 @@ def assert_check_clean(store_url: str) -> None:
 
 @dataclass
 class Pair:
+    """Two mounts of one store and workspace ``ws`` seen through each."""
     a: Mount
     b: Mount
     wa: Path  # workspace "ws" seen through mount A
