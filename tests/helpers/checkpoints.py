@@ -1,4 +1,5 @@
-"""The ``agentfs`` command for checkpoint tests: text output, a long timeout.
+"""The ``agentfs`` command for checkpoint tests (text output, a long timeout), waiting for a condition, and
+unmounting once the commits are settled.
 """
 
 from __future__ import annotations
@@ -6,10 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
-from tests.helpers.mount import REPO
+from tests.helpers.mount import REPO, Mount
 
-__all__ = ["cli", "ok"]
+__all__ = ["cli", "ok", "settle_and_unmount", "wait_for"]
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -25,3 +28,22 @@ def ok(*args: str) -> str:
     r = cli(*args)
     assert r.returncode == 0, f"agentfs {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     return r.stdout
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def settle_and_unmount(m: Mount) -> None:
+    """Unmount after the kernel's asynchronous RELEASE requests are answered
+    (unmounting under one makes pyfuse3 log an ERROR about its reply)."""
+    time.sleep(0.5)
+    m.unmount()

@@ -1,8 +1,13 @@
 """Agent state through a real FUSE mount (a local store and moto S3): typed
 ``user.agentfs.*`` xattrs with getfattr/setfattr and ``os.setxattr``, EINVAL
-with the mount alive (local store only: refused before the store), attribution of two agents, the audit log across
+with the mount alive, attribution of two agents, the audit log across
 remounts and mounts, ``agentfs state ls`` while mounted, TTL pruning by the
 mount, and STATE.md.
+
+Typed state, attribution and the audit log are journal records, alike on every
+store (the store conformance tests pin what the stores do): those tests run on
+the local store only (``local_store_only``); TTL pruning and STATE.md, which
+delete and write objects, run on both.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ def setfattr(path: Path, name: str, value: str, env: dict[str, str] | None = Non
                           env={**os.environ, **(env or {})})
 
 
+@local_store_only
 def test_typed_state_with_setfattr_getfattr_and_os(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, "--agent", "mount-agent")
     ws = m.path / "ws"
@@ -122,6 +128,7 @@ def test_invalid_values_are_einval_and_the_mount_stays_alive(mounter: Callable[.
     assert any("transition draft -> final is not allowed" in ln for ln in warnings)
 
 
+@local_store_only
 def test_two_agents_are_attributed(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, "--agent", "mount-default")
     ws = m.path / "ws"
@@ -149,6 +156,7 @@ def test_two_agents_are_attributed(mounter: Callable[..., Mount], store_url: str
     assert len(writes[-1]["sha256"]) == 64
 
 
+@local_store_only
 def test_log_survives_remount_and_is_seen_by_a_second_mount(mounter: Callable[..., Mount],
                                                             store_url: str) -> None:
     a = mounter(store_url, "--agent", "agent-a")
@@ -179,6 +187,7 @@ def test_log_survives_remount_and_is_seen_by_a_second_mount(mounter: Callable[..
     assert r.returncode == 0 and b"in_progress -> review" in r.stdout
 
 
+@local_store_only
 def test_state_ls_while_mounted(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url)
     ws = m.path / "ws"
@@ -258,6 +267,7 @@ def test_state_md_is_written_by_the_mount(mounter: Callable[..., Mount], store_u
     wait_for(lambda: "review" not in md().split("## Recent changes")[0])
 
 
+@local_store_only
 def test_state_set_on_a_new_open_file_is_its_own_record(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, "--agent", "maker")
     ws = m.path / "ws"

@@ -11,7 +11,6 @@ conformance tests pin what the stores do; sqlite and the large files run on both
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import sqlite3
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.files import sha256_file
 from tests.helpers.mount import local_store_only
 
-MiB = 1024 * 1024
 BASE_NS = 1_400_000_000_250_000_000  # a past mtime with a fractional second
 FILE_MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o664)
 TREE_DIRS = {  # relative dir -> mode
@@ -124,40 +123,6 @@ def assert_same_tree(src: Path, dst: Path) -> None:
     assert sorted(actual) == sorted(expected)
     diffs = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
     assert not diffs, f"{len(diffs)} entries differ, e.g. {list(diffs.items())[:5]}"
-
-
-def sha256_file(path: Path, block: int = MiB) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def gen_chunk(i: int) -> bytes:
-    """Chunk ``i`` (1 MiB) of the deterministic large-file stream."""
-    return random.Random(i).randbytes(MiB)
-
-
-def write_generated(path: Path, nchunks: int) -> str:
-    """Write ``nchunks`` generated chunks; return their sha256."""
-    h = hashlib.sha256()
-    with open(path, "wb", buffering=0) as f:
-        for i in range(nchunks):
-            c = gen_chunk(i)
-            h.update(c)
-            assert f.write(c) == MiB
-    return h.hexdigest()
-
-
-def check_generated(path: Path, nchunks: int, expected_sha: str) -> None:
-    assert path.stat().st_size == nchunks * MiB
-    # an odd read size, so reads straddle the writer's chunk boundaries
-    assert sha256_file(path, block=MiB + 4099) == expected_sha
-    with open(path, "rb") as f:
-        for i in (1, nchunks // 2, nchunks - 1):
-            off = i * MiB - 100
-            assert os.pread(f.fileno(), 200, off) == gen_chunk(i - 1)[-100:] + gen_chunk(i)[:100]
 
 
 def git(repo: Path, env: dict[str, str], *args: str) -> str:
@@ -376,24 +341,3 @@ def test_sqlite(ws: Path, tmp_path: Path, journal_mode: str) -> None:
 # ---------------------------------------------------------------- large files
 
 
-def test_large_file_64mib(ws: Path) -> None:
-    p = ws / "big.bin"
-    sha = write_generated(p, 64)
-    check_generated(p, 64, sha)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_large_file_3gib(ws: Path, store_url: str) -> None:
-    # moto keeps objects in one Python process's memory and takes minutes per
-    # GiB; the S3 multipart path is covered by test_large_file_64mib, and this
-    # size runs on S3 when asked for (AGENTFS_BIG_S3=1, e.g. against MinIO).
-    if store_url.startswith("s3://") and not os.environ.get("AGENTFS_BIG_S3"):
-        pytest.skip("3 GiB through moto is too slow for CI; set AGENTFS_BIG_S3=1")
-    p = ws / "huge.bin"
-    n = 3 * 1024
-    sha = write_generated(p, n)
-    check_generated(p, n, sha)
-    with open(p, "rb") as f:  # around the 2 GiB (signed 32-bit) boundary
-        off = 2**31 - 100
-        assert os.pread(f.fileno(), 200, off) == gen_chunk(2047)[-100:] + gen_chunk(2048)[:100]
