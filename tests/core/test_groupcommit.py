@@ -342,8 +342,3 @@ def test_load_adopts_closes_whose_records_were_never_written(tmp_path: Path) -> 
         assert await again.read(again.resolve("d/f3"), 0, 1000) == files["d/f3"]
 
     trio.run(main)
-
-
-# ---------------------------------------------------------------- through a real mount
-
-

@@ -44,9 +44,6 @@ from tests.helpers.mount import Mount, is_mounted
 #: errnos a syscall on the mount returns once its daemon is dead.
 
 
-# ---------------------------------------------------------------- helpers
-
-
 # ---------------------------------------------------------------- durability
 
 
@@ -92,9 +89,6 @@ def test_closed_and_fsynced_files_survive_sigkill(mounter: Callable[..., Mount],
     assert not bad, f"{len(bad)} of {len(expected)} durable files differ after SIGKILL: {bad}"
     assert set(files) == set(expected), f"unexpected files: {sorted(set(files) - set(expected))}"
     assert_check_clean(store_url)
-
-
-# ---------------------------------------------------------------- kills at random moments
 
 
 # ---------------------------------------------------------------- large files

@@ -258,8 +258,3 @@ def test_rename_intents_are_settled(local_url: str) -> None:
         assert sorted(c.listdir("")) == ["f"] and c.read_bytes("f/a") == b"A"
     finally:
         c.close()
-
-
-# -- checkpoint restore and fork -------------------------------------------
-
-

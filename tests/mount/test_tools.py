@@ -336,8 +336,3 @@ def test_sqlite(ws: Path, tmp_path: Path, journal_mode: str) -> None:
     con.close()
     out = run(["sqlite3", str(db), "SELECT count(*) FROM t WHERE n >= 0"], env=tool_env(tmp_path))
     assert out.strip() == "1000"
-
-
-# ---------------------------------------------------------------- large files
-
-
