@@ -1,9 +1,12 @@
-"""Checkpoints through real FUSE mounts (local directory store and moto S3).
+"""Checkpoints through a real FUSE mount of a local directory store.
 
 ``<mount>/<ws>/.snapshots/NAME/`` is the read-only view; ``mkdir``/``rmdir``
 there create and delete checkpoints; restore, fork and gc run from the CLI
-while the store is mounted, and crash tests SIGKILL the restoring process or
-the mount mid-way.  ``agentfs check`` runs after every test (fixtures).
+while the store is mounted.  ``agentfs check`` runs after every test (fixtures).
+The same checkpoint operations run on every store (moto S3 included) through the
+library in ``tests/api/test_checkpoints.py``, so these tests of the mount's view
+run on the local store only (``local_store_only``); kills during a restore are
+in ``tests/crash/test_checkpoints_crash.py`` (local and S3).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 
 from agentfs.store import open_store
 from tests.helpers.checkpoints import cli, ok, wait_for
-from tests.helpers.mount import Mount
+from tests.helpers.mount import Mount, local_store_only
 
 
 def snapshot_of(root: Path) -> dict[str, Any]:
@@ -54,6 +57,7 @@ def populate(ws: Path) -> None:
     os.setxattr(ws / "docs" / "b.md", "user.agentfs.status", b"draft")
 
 
+@local_store_only
 def test_view_is_read_only_and_unchanged_by_later_writes(ws: Path) -> None:
     populate(ws)
     snaps = ws / ".snapshots"
@@ -107,6 +111,7 @@ def test_view_is_read_only_and_unchanged_by_later_writes(ws: Path) -> None:
     assert not (snaps / "one").exists()
 
 
+@local_store_only
 def test_checkpoint_while_another_process_writes_is_consistent(ws: Path) -> None:
     (ws / "data").mkdir()
     n = 120
@@ -140,6 +145,7 @@ def test_checkpoint_while_another_process_writes_is_consistent(ws: Path) -> None
             assert c in (len(files) - 1, len(files) - 2), (name, c, len(files))
 
 
+@local_store_only
 def test_restore_while_mounted_is_seen_and_undoable(mount: Mount, store_url: str) -> None:
     ws = mount.path / "ws"
     ws.mkdir()
@@ -165,6 +171,7 @@ def test_restore_while_mounted_is_seen_and_undoable(mount: Mount, store_url: str
     wait_for(lambda: snapshot_of(ws) == bad, what="the undo")
 
 
+@local_store_only
 def test_fork_appears_in_the_mount_and_is_isolated(mount: Mount, store_url: str) -> None:
     ws = mount.path / "ws"
     ws.mkdir()
@@ -202,6 +209,7 @@ def _pending(name: str, store_url: str) -> bool:
         c.close()
 
 
+@local_store_only
 def test_gc_keeps_what_checkpoints_reference(mount: Mount, store_url: str) -> None:
     ws = mount.path / "ws"
     ws.mkdir()
@@ -224,6 +232,7 @@ def test_gc_keeps_what_checkpoints_reference(mount: Mount, store_url: str) -> No
     wait_for(lambda: os.listdir(ws / ".snapshots") == [], what="prune to show in the mount")
 
 
+@local_store_only
 def test_snapshots_in_a_single_workspace_mount(mounter: Callable[..., Mount], store_url: str) -> None:
     m = mounter(store_url, "--workspace", "solo")
     (m.path / "f.txt").write_bytes(b"one")
