@@ -385,7 +385,7 @@ class WorkspaceClient:
             await agentstate.flush_state_md(self._w, force=True)
         self._run(go)
 
-    # -- checkpoints (agentfs/checkpoints.py) ----------------------------------------------
+    # -- checkpoints (agentfs/checkpoints/) ----------------------------------------------
 
     def checkpoint(self, name: str | None = None, *, note: str = "") -> Checkpoint:
         """Cut a checkpoint now (one journal commit, no bytes copied); returns its record."""

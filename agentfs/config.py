@@ -50,4 +50,4 @@ class MountConfig(BaseModel):
     log_file: str | None = None
     log_level: str = "info"
     writeback: bool = False  # close returns once queued on local disk (agentfs/writeback.py)
-    kernel_locks: bool = True  # flock/fcntl across mounts (agentfs/kernellocks.py)
+    kernel_locks: bool = True  # flock/fcntl across mounts (agentfs/locks/kernel.py)

@@ -302,14 +302,14 @@ class LeaseHolder(_Model):
     host: str = ""
     mount: str = ""
     pid: int | None = None
-    #: held by a mount for its processes' flock/fcntl locks (agentfs/kernellocks.py)
+    #: held by a mount for its processes' flock/fcntl locks (agentfs/locks/kernel.py)
     kernel: bool = False
     mode: Literal["shared", "exclusive"]
     token: int = Field(ge=1)
     acquired: float
     expires: float
     #: kept by its mount after the last local unlock (a hint: that mount
-    #: gives it back when another mount rings its doorbell, agentfs/kernellocks.py)
+    #: gives it back when another mount rings its doorbell, agentfs/locks/kernel.py)
     cached: bool = False
 
 

@@ -327,7 +327,7 @@ class Stream:
             return False
 
 
-# -- hooks called by agentfs/workspace.py ------------------------------------------
+# -- hooks called by agentfs/workspace/ ------------------------------------------
 
 
 def wrote(ws: _Workspace, of: _OpenFile, off: int, n: int) -> None:

@@ -2,7 +2,7 @@
 
 :class:`LockRequests` is the part of :class:`agentfs.vfs.FileSystem` that
 turns lock requests into calls on :class:`agentfs.locks.LeaseManager` (the
-``user.agentfs.lock`` attribute) and :class:`agentfs.kernellocks.KernelLocks`
+``user.agentfs.lock`` attribute) and :class:`agentfs.locks.kernel.KernelLocks`
 (``flock(2)``, ``fcntl`` locks), and hands both what locks need from the
 mount: committing a holder's writes before a lease goes, catching up before
 a locker goes on (:mod:`agentfs.workspace.handover`), refusing fenced writes.

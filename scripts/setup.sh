@@ -22,7 +22,7 @@ STAMP="$VENV/.agentfs-setup-stamp"
 PYFUSE3_VERSION=3.5.0
 PYFUSE3_SDIST_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_PATCH="$ROOT/third_party/pyfuse3/lock-ops.patch"
-# chromium + chromium-driver: the web page's real-browser test (tests/test_web_browser.py)
+# chromium + chromium-driver: the web page's real-browser test (tests/api/test_web_browser.py)
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc git sqlite3 rsync attr patch
               chromium chromium-driver)
 

@@ -5,12 +5,13 @@
 #
 # Repeats passes until --duration (default 600 s) is used up; pass i uses seed
 # N+i, so every pass tries new kill points and new fault sequences.  Each pass:
-#   - tests/test_faults.py: the Workspace workload under 5% injected transient
+#   - tests/mount/test_faults.py: the Workspace workload under 5% injected transient
 #     faults with --ops operations (default 20000) on a memory and a local store;
-#   - tests/test_crash_points.py: --kills random kill points (default 100), plus
+#   - tests/crash/test_crash_points.py: --kills random kill points (default 100), plus
 #     compaction and directory-rename kill points (and multipart on S3 with --s3),
-#     and --kills/10 kill points each during checkpoint restore and fork;
-#   - tests/test_model_ext.py: the model-based random test with seed N+i.
+#     and (tests/crash/test_crash_points_checkpoints.py) --kills/10 kill points each
+#     during checkpoint restore and fork;
+#   - tests/mount/test_model_ext.py: the model-based random test with seed N+i.
 # A failure stops the soak and prints the seed to rerun with.  Logs go to
 # $SOAK_LOG_DIR (default /tmp/agentfs-soak-<seed>).
 set -euo pipefail
@@ -47,7 +48,7 @@ while (( $(date +%s) < end )); do
     s=$(( seed + pass ))
     echo "pass $pass (seed $s)"
     if ! AGENTFS_TEST_SEED=$s AGENTFS_FAULT_OPS=$ops "$PY" -m pytest -q -s -x \
-            tests/test_faults.py -k "workspace_workload_under_faults and not s3" \
+            tests/mount/test_faults.py -k "workspace_workload_under_faults and not s3" \
             >"$logdir/faults-$s.log" 2>&1; then
         echo "FAILED: fault run, seed $s (AGENTFS_TEST_SEED=$s); see $logdir/faults-$s.log" >&2
         exit 1
@@ -58,13 +59,13 @@ while (( $(date +%s) < end )); do
     (( s3 )) && sel="$sel or multipart"
     if ! CRASH_SEED_BASE=$(( s * 100000 )) CRASH_POINTS_ROUNDS=$kills \
             CRASH_RESTORE_ROUNDS=$(( kills / 10 + 1 )) CRASH_FORK_ROUNDS=$(( kills / 10 + 1 )) "$PY" -m pytest -q -s -x \
-            tests/test_crash_points.py -k "$sel" >"$logdir/crash-$s.log" 2>&1; then
+            tests/crash/test_crash_points.py tests/crash/test_crash_points_checkpoints.py -k "$sel" >"$logdir/crash-$s.log" 2>&1; then
         echo "FAILED: kill points, CRASH_SEED_BASE=$(( s * 100000 )); see $logdir/crash-$s.log" >&2
         exit 1
     fi
     n=$(grep -o '\[crash\] [a-z-]*: [0-9]* of' "$logdir/crash-$s.log" | awk '{s+=$3} END {print s+0}')
     total_kills=$(( total_kills + n ))
-    if ! AGENTFS_MODEL_EXT_SEEDS=$s "$PY" -m pytest -q -s -x tests/test_model_ext.py \
+    if ! AGENTFS_MODEL_EXT_SEEDS=$s "$PY" -m pytest -q -s -x tests/mount/test_model_ext.py \
             -k "random_ops_ext and local" >"$logdir/model-$s.log" 2>&1; then
         echo "FAILED: model test, AGENTFS_MODEL_EXT_SEEDS=$s; see $logdir/model-$s.log" >&2
         exit 1

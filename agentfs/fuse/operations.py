@@ -286,7 +286,7 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         await self.fs.removexattr(inode, _text(name, "xattr name"), self._caller(ctx))
 
-    # -- locks: the patched binding's lock operations (see agentfs/kernellocks.py) --
+    # -- locks: the patched binding's lock operations (see agentfs/locks/kernel.py) --
 
     @boundary
     async def flock(self, fh, owner, op, ctx):
