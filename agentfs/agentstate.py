@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
+from agentfs.config import settings
 from agentfs.durations import parse_seconds
 from agentfs.errors import AgentFSError, CorruptRecord, InvalidState, NotFound, ReadOnlyAttribute
 from agentfs.identity import Caller
@@ -117,9 +118,9 @@ TTL_AGENT = "agentfs:ttl"
 #: Records whose action is one of these are state changes (STATE.md, log filters).
 STATE_ACTIONS = frozenset({"state", "expire"})
 #: Seconds between TTL prune passes of a mount (tests shorten it).
-PRUNE_INTERVAL = float(os.environ.get("AGENTFS_PRUNE_INTERVAL", "10"))
+PRUNE_INTERVAL = settings().prune_interval
 #: STATE.md is rewritten at most this often by a mount.
-STATE_MD_INTERVAL = float(os.environ.get("AGENTFS_STATE_MD_INTERVAL", "3"))
+STATE_MD_INTERVAL = settings().state_md_interval
 #: Journal detail values (old/new) are cut to this many characters.
 DETAIL_MAX = 512
 

@@ -12,6 +12,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from agentfs.config import settings
+
 __all__ = ["HOSTNAME", "Caller", "agent_of_pid"]
 
 HOSTNAME = socket.gethostname()
@@ -33,7 +35,7 @@ class Caller:
 
     @classmethod
     def current(cls, default_agent: str = "") -> Caller:
-        agent = os.environ.get(ENV_AGENT) or default_agent or f"uid:{os.getuid()}"
+        agent = settings().agent or default_agent or f"uid:{os.getuid()}"
         return cls(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), agent=agent)
 
 

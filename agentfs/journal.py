@@ -21,10 +21,10 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import logging
-import os
 
 from pydantic import ValidationError
 
+from agentfs.config import settings
 from agentfs.errors import CorruptRecord, NotFound, PreconditionFailed
 from agentfs.models import Commit, State
 from agentfs.store.base import ObjectStore
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 META = ".agentfs"
 #: A state snapshot is written after every this many commits
 #: (``AGENTFS_COMPACT_EVERY`` lowers it for crash tests of compaction).
-COMPACT_EVERY = max(1, int(os.environ.get("AGENTFS_COMPACT_EVERY", "500") or 500))
+COMPACT_EVERY = settings().compact_every
 
 
 def workspace_prefix(ws: str) -> str:

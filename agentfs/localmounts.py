@@ -31,6 +31,8 @@ import re
 import threading
 import time
 
+from agentfs.config import settings
+
 __all__ = ["BARRIER", "STATUS", "TIMEOUT", "barrier", "fsname", "mounts_of"]
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ BARRIER = "user.agentfs.mount.barrier"
 #: Read-only control attribute of a mount root: JSON with the store URL.
 STATUS = "user.agentfs.mount.status"
 #: Seconds a mount may take to answer before the client goes on without it.
-TIMEOUT = float(os.environ.get("AGENTFS_BARRIER_TIMEOUT", "10"))
+TIMEOUT = settings().barrier_timeout
 
 
 def fsname(store_url: str) -> str:

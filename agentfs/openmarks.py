@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
+from agentfs.config import settings
 from agentfs.errors import AgentFSError, NotFound, PreconditionFailed
 from agentfs.identity import HOSTNAME
 from agentfs.journal import META
@@ -53,7 +53,7 @@ __all__ = ["CLAIM_LIVE", "LIVE", "REFRESH", "OpenMark", "OpenMarks", "PruneClaim
 log = logging.getLogger(__name__)
 
 #: A mark not refreshed for this long (s) belongs to a mount that is gone.
-LIVE = float(os.environ.get("AGENTFS_OPEN_MARK_LIVE", "60"))
+LIVE = settings().open_mark_live
 #: How often (s) a mount refreshes the marks of its open files.
 REFRESH = LIVE / 3
 #: A claim older than this (s) belongs to a pruner that is gone.

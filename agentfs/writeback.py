@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
+from agentfs.config import settings
 from agentfs.errors import AgentFSError, ConflictError, Fenced
 from agentfs.identity import Caller
 from agentfs.models import PutOp, QueuedMeta, QueuedWrite, Record
@@ -93,39 +94,24 @@ __all__ = ["DELAY", "FSYNC", "MAX_AGE", "MAX_QUEUED", "PARALLEL", "SYNC_XATTR", 
 log = logging.getLogger(__name__)
 
 
-def _env_float(name: str, default: float) -> float:
-    """A tuning knob from the environment; a bad value is logged and ignored."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        v = -1.0
-    if not v >= 0:
-        log.warning("%s=%r is not a non-negative number; using %s", name, raw, default)
-        return default
-    return v
-
-
 #: A queued file is uploaded once no close of it came for this long (s).
-DELAY = _env_float("AGENTFS_WRITEBACK_DELAY", 0.2)
+DELAY = settings().writeback_delay
 #: ...and at the latest after this long (s), even while the mount is busy.
-MAX_AGE = _env_float("AGENTFS_WRITEBACK_MAX_AGE", 5.0)
+MAX_AGE = settings().writeback_max_age
 #: The mount counts as busy until it served no request for this long (s).
-QUIET = _env_float("AGENTFS_WRITEBACK_QUIET", 0.05)
+QUIET = settings().writeback_quiet
 #: Concurrent uploads.
-PARALLEL = max(1, int(_env_float("AGENTFS_WRITEBACK_PARALLEL", 16)))
+PARALLEL = settings().writeback_parallel
 #: Concurrent background uploads while the mount is busy (files older than MAX_AGE).
-BUSY_PARALLEL = max(1, int(_env_float("AGENTFS_WRITEBACK_BUSY_PARALLEL", 2)))
+BUSY_PARALLEL = settings().writeback_busy_parallel
 #: Beyond this many queued files a close uploads synchronously (back-pressure:
 #: every queued file keeps an open working copy).
-MAX_QUEUED = int(_env_float("AGENTFS_WRITEBACK_MAX_QUEUED", 4096))
+MAX_QUEUED = settings().writeback_max_queued
 #: fsync data, record and directory before a close returns (power-loss safe).
-FSYNC = os.environ.get("AGENTFS_WRITEBACK_FSYNC", "0") not in ("0", "off", "no", "false", "")
+FSYNC = settings().writeback_fsync
 #: Tests only: while this file exists the background uploader does not upload
 #: (fsync, sync and unmount still do), so a test can crash a non-empty queue.
-PAUSE_FILE = os.environ.get("AGENTFS_WRITEBACK_PAUSE_FILE", "")
+PAUSE_FILE = settings().writeback_pause_file
 #: After a failed upload, wait this long before that file's next attempt (s).
 RETRY_AFTER = 2.0
 #: Replay compares bytes with the store's object up to this size (larger: conflict copy).

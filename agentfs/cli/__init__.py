@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfs.cli import state as _state_cli
-from agentfs.config import MountConfig, default_store_path, default_store_url
+from agentfs.config import MountConfig, default_store_path, default_store_url, settings
 from agentfs.errors import AgentFSError, AlreadyExists, InvalidArgument, IsADirectory, NotFound
 
 __all__ = ["app", "main"]
@@ -50,7 +50,7 @@ def _client(target: str, endpoint: str | None, store: str | None, *, create: boo
     t = parse_target(target, endpoint_url=endpoint, store_url=store)
     if not t.workspace:
         raise InvalidArgument("target names no workspace (expected STORE_URL/WORKSPACE[/PATH])", path=target)
-    return WorkspaceClient(t.store, t.workspace, create=create, agent=os.environ.get("AGENTFS_AGENT", "")), t.path
+    return WorkspaceClient(t.store, t.workspace, create=create, agent=settings().agent), t.path
 
 
 def _version(value: bool) -> None:
@@ -109,7 +109,7 @@ def mount(
         raise InvalidArgument("expected [STORE_URL] MOUNTPOINT")
     cfg = MountConfig(
         store_url=store_url, mountpoint=os.path.abspath(mountpoint), workspace=workspace,
-        foreground=foreground, agent=agent or os.environ.get("AGENTFS_AGENT", ""),
+        foreground=foreground, agent=agent or settings().agent,
         read_only=read_only, endpoint_url=endpoint_url, allow_other=allow_other,
         scan_interval=scan_interval, log_file=os.path.abspath(log_file) if log_file else None,
         log_level=log_level, lease_ttl=lease_ttl, writeback=writeback, kernel_locks=kernel_locks, **({"cache_dir": os.path.abspath(cache_dir)} if cache_dir else {}),
@@ -412,7 +412,7 @@ _register_web(app)
 
 def main() -> None:
     """Entry point: run the app, turning errors into one line and an exit code."""
-    logging.basicConfig(level=os.environ.get("AGENTFS_LOG", "WARNING").upper(),
+    logging.basicConfig(level=settings().log,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,12 +8,12 @@ Targets are ``STORE_URL/ws`` (see ``target.py``); a checkpoint is named
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Annotated
 
 import typer
 
+from agentfs.config import settings
 from agentfs.errors import InvalidArgument
 
 __all__ = ["app", "gc_command"]
@@ -43,7 +43,7 @@ def _client(target: str, endpoint: str | None, store: str | None):
         raise InvalidArgument("target names no workspace (expected STORE_URL/WORKSPACE)", path=target)
     if t.path:
         raise InvalidArgument("checkpoints are of whole workspaces (no path after the workspace)", path=target)
-    return WorkspaceClient(t.store, t.workspace, create=False, agent=os.environ.get("AGENTFS_AGENT", ""))
+    return WorkspaceClient(t.store, t.workspace, create=False, agent=settings().agent)
 
 
 def _when(t: float) -> str:

@@ -24,6 +24,7 @@ from typing import Annotated
 
 import typer
 
+from agentfs.config import settings
 from agentfs.errors import AgentFSError, InvalidArgument, WouldBlock
 
 __all__ = ["lock_command", "locks_command", "register"]
@@ -48,7 +49,7 @@ def _break(target: str, endpoint_url: str | None, store: str | None) -> None:
     t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
     if not t.workspace or not t.path:
         raise InvalidArgument("expected a mounted FILE or STORE_URL/WORKSPACE/PATH", path=target)
-    client = WorkspaceClient(t.store, t.workspace, agent=os.environ.get("AGENTFS_AGENT", ""))
+    client = WorkspaceClient(t.store, t.workspace, agent=settings().agent)
     with client:
         old = LeaseStore(t.store, t.workspace).break_(t.path)
         rec = break_record(t.path, old, client.caller, client.caller.agent)

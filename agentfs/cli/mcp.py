@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from agentfs.config import settings as env_settings
 from agentfs.errors import InvalidArgument
 
 __all__ = ["register"]
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         logging.getLogger().setLevel(level)
         if max_read_bytes < 1:
             raise InvalidArgument("--max-read-bytes must be positive")
-        named = agent or os.environ.get("AGENTFS_AGENT", "")
+        named = agent or env_settings().agent
         settings = McpSettings(read_only=read_only, max_read_bytes=max_read_bytes, agent_from_client=not named)
         t = parse_target(target, endpoint_url=endpoint_url, store_url=store)
         if not t.workspace or t.path:

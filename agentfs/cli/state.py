@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import sys
 import time
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfs import agentstate
+from agentfs.config import settings
 from agentfs.errors import InvalidArgument, NotFound
 from agentfs.journal import Journal
 from agentfs.models import CheckpointOp, Commit, Lifecycle, MoveOp, StateRow
@@ -277,7 +277,7 @@ def state_set(
         if key not in agentstate.ATTRS or not agentstate.ATTRS[key].stamped or key == "lifecycle":
             raise InvalidArgument("unknown field (status, owner, task, labels, ttl, note)", path=key)
         values[key] = value or None
-    with WorkspaceClient(t.store, t.workspace, agent=os.environ.get("AGENTFS_AGENT", "")) as client:
+    with WorkspaceClient(t.store, t.workspace, agent=settings().agent) as client:
         row = client.set_state(t.path, **values)
     if as_json:
         typer.echo(json.dumps(row.model_dump() if row else None))
@@ -303,7 +303,7 @@ def state_lifecycle(
         _warn_damaged(damaged)
         typer.echo(agentstate.lifecycle_of(ns.root.entry).model_dump_json(indent=2, exclude_none=True))
         return
-    with WorkspaceClient(t.store, t.workspace, agent=os.environ.get("AGENTFS_AGENT", "")) as client:
+    with WorkspaceClient(t.store, t.workspace, agent=settings().agent) as client:
         if reset:
             if name in client.listxattr(""):
                 client.removexattr("", name)
@@ -330,7 +330,7 @@ def prune_cmd(
     from agentfs.api import WorkspaceClient
 
     t = _target(target, endpoint_url, store)
-    with WorkspaceClient(t.store, t.workspace, agent=os.environ.get("AGENTFS_AGENT", "")) as client:
+    with WorkspaceClient(t.store, t.workspace, agent=settings().agent) as client:
         gone = client.prune(dry_run=dry_run)
     if as_json:
         typer.echo(json.dumps(gone))

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from agentfs.config import default_store_url
+from agentfs.config import settings as env_settings
 
 __all__ = ["register", "serve_cmd"]
 
@@ -47,7 +48,8 @@ def serve_cmd(
     host, port = parse_listen(listen)
     # The reviewer's name must be what the journal records: a server-wide
     # AGENTFS_AGENT would override every logged-in reviewer's name.
-    env_agent = os.environ.pop("AGENTFS_AGENT", "")
+    env_agent = env_settings().agent
+    os.environ.pop("AGENTFS_AGENT", None)
     settings = WebSettings(
         store_url=store_url or default_store_url(), endpoint_url=endpoint_url, workspaces=workspace or [],
         host=host, port=port, read_only=read_only,

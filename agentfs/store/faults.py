@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, BinaryIO, TypeVar
 
+from agentfs.config import settings
 from agentfs.errors import InvalidArgument, StoreUnavailable
 from agentfs.store.base import ObjectInfo, ObjectStore
 
@@ -102,7 +103,7 @@ class FaultConfig:
 
     @classmethod
     def from_env(cls) -> FaultConfig | None:
-        spec = os.environ.get(ENV_FAULTS, "")
+        spec = settings().faults
         return cls.parse(spec) if spec.strip() else None
 
 

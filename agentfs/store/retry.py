@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, BinaryIO, TypeVar
 
+from agentfs.config import settings
 from agentfs.errors import InvalidArgument, NotFound, PreconditionFailed, StoreUnavailable
 from agentfs.store.base import ObjectInfo, ObjectStore
 
@@ -88,7 +89,7 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        spec = os.environ.get(ENV_RETRY, "")
+        spec = settings().retry
         return cls.parse(spec) if spec.strip() else cls()
 
 

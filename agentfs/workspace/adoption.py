@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from agentfs.config import settings
 from agentfs.errors import BadName, NameTooLong, NotFound, Stale
 from agentfs.identity import Caller
 from agentfs.models import DelOp, Entry, PutOp, Record
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: How long an object must exist unknown to the journal before a scan adopts it
 #: (an upload whose commit is still on its way must not be adopted twice).
-ADOPT_GRACE = float(os.environ.get("AGENTFS_ADOPT_GRACE", "30"))
+ADOPT_GRACE = settings().adopt_grace
 
 
 async def scan(ws: Workspace, *, now: float | None = None, changed_now: bool = False) -> int:

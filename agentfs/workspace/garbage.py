@@ -28,12 +28,12 @@ Concurrency: everything runs in the workspace's trio thread.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from agentfs.config import settings
 from agentfs.errors import AgentFSError
 from agentfs.workspace import intents
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds the collector waits before draining (0: at once).  For tests that
 #: need pending deletes to stay pending (``AGENTFS_GARBAGE_DELAY``).
-DELAY = float(os.environ.get("AGENTFS_GARBAGE_DELAY", "0"))
+DELAY = settings().garbage_delay
 #: After a failed drain (store outage), wait this long before the next attempt (s).
 RETRY_AFTER = 1.0
 

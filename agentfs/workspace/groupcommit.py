@@ -34,13 +34,13 @@ one task in the mount's nursery serving every loaded workspace.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import trio
 
+from agentfs.config import settings
 from agentfs.errors import AgentFSError
 from agentfs.models import PutOp, Record
 
@@ -54,13 +54,13 @@ __all__ = ["DELAY", "ENABLED", "MAX_AGE", "MAX_PENDING", "TOMB_GUARD", "UNSTAMPE
 log = logging.getLogger(__name__)
 
 #: Deferral on (default) or off (``AGENTFS_GROUP_COMMIT=0``).
-ENABLED = os.environ.get("AGENTFS_GROUP_COMMIT", "1") not in ("0", "off", "no", "false")
+ENABLED = settings().group_commit
 #: The flusher writes the queue once no new deferred record came for this long (s)...
-DELAY = float(os.environ.get("AGENTFS_GROUP_COMMIT_DELAY", "0.05"))
+DELAY = settings().group_commit_delay
 #: ...or once the oldest queued record waited this long (s), during a stream of closes.
-MAX_AGE = float(os.environ.get("AGENTFS_GROUP_COMMIT_MAX_AGE", "0.25"))
+MAX_AGE = settings().group_commit_max_age
 #: Write at once when this many records are waiting.
-MAX_PENDING = int(os.environ.get("AGENTFS_GROUP_COMMIT_MAX", "64"))
+MAX_PENDING = settings().group_commit_max
 #: A path removed less than this many seconds ago is committed synchronously:
 #: a crash-recovery scan treats an untracked object no newer than its path's
 #: tombstone (+1 s of clock slack) as a leftover of the removal, not as a file.

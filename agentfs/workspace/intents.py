@@ -29,12 +29,12 @@ unreadable intent is logged and left for ``agentfs check`` to report.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from agentfs.config import settings
 from agentfs.errors import NotFound
 from agentfs.journal import Journal
 from agentfs.models import RenameIntent
@@ -47,7 +47,7 @@ __all__ = ["GRACE", "begin", "end", "intent_prefix", "pending", "settle"]
 log = logging.getLogger(__name__)
 
 #: Seconds after which another mount's unfinished intent is taken as interrupted.
-GRACE = float(os.environ.get("AGENTFS_INTENT_GRACE", "600"))
+GRACE = settings().intent_grace
 
 
 def intent_prefix(journal: Journal) -> str:
